@@ -1,0 +1,3 @@
+from meshns.cli.main import main
+
+main()

@@ -1,0 +1,195 @@
+"""The meshns command line: parse, call, print. No logic lives here."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from meshns.cli.output import emit, table
+from meshns.config import ConfigRequest
+from meshns.errors import MeshnsError, NotFoundError, UserError
+from meshns.intercept.spec import parse_cidr_list, parse_port_list
+from meshns.mesh import Mesh, require_root
+from meshns.model import PodSpec, PodState
+from meshns.netns import gc as gc_mod
+from meshns.netns import lifecycle, status
+
+OUTPUT = click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table",
+                      show_default=True, help="Output format.")
+
+
+def _mesh(ctx: click.Context, *, record: bool = False) -> Mesh:
+    req: ConfigRequest = ctx.obj
+    return Mesh.open(req, record=record)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--state-dir", envvar="MESHNS_STATE_DIR", help="State directory [default: /var/lib/meshns].")
+@click.option("--bridge", envvar="MESHNS_BRIDGE", help="Host bridge for this mesh [default: meshns0].")
+@click.option("--pod-cidr", envvar="MESHNS_POD_CIDR", help="Pod address range [default: 10.188.0.0/16].")
+@click.option("--ns-prefix", envvar="MESHNS_NS_PREFIX", help="Namespace name prefix [default: meshns-].")
+@click.version_option(package_name="meshns")
+@click.pass_context
+def cli(ctx: click.Context, state_dir: str | None, bridge: str | None, pod_cidr: str | None,
+        ns_prefix: str | None) -> None:
+    """meshns: meshed pods on plain Linux (network namespaces + iptables + a sidecar)."""
+    ctx.obj = ConfigRequest(state_dir, bridge, pod_cidr, ns_prefix)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("app", nargs=-1, type=click.UNPROCESSED)
+@click.option("--exclude-outbound-ports", default="", metavar="PORTS",
+              help="Comma-separated outbound ports not sent through the sidecar.")
+@click.option("--exclude-inbound-ports", default="", metavar="PORTS",
+              help="Comma-separated inbound ports delivered straight to the app.")
+@click.option("--exclude-outbound-cidrs", default="", metavar="CIDRS",
+              help="Comma-separated destination ranges not sent through the sidecar.")
+@click.option("--ready-timeout", default=10.0, show_default=True, type=float,
+              help="Seconds to wait for the sidecar and the validation probes.")
+@click.option("--dry-run", is_flag=True, help="Print the namespace plan and the rules; change nothing.")
+@click.pass_context
+def create(ctx: click.Context, name: str, app: tuple[str, ...], exclude_outbound_ports: str,
+           exclude_inbound_ports: str, exclude_outbound_cidrs: str, ready_timeout: float,
+           dry_run: bool) -> None:
+    """Create pod NAME (optionally running APP inside it: create NAME -- CMD ARGS...)."""
+    spec = PodSpec(
+        app=tuple(app),
+        exclude_outbound_ports=parse_port_list(exclude_outbound_ports),
+        exclude_inbound_ports=parse_port_list(exclude_inbound_ports),
+        exclude_outbound_cidrs=parse_cidr_list(exclude_outbound_cidrs),
+    )
+    if dry_run:
+        cfg, pods = Mesh.peek(ctx.obj)
+        click.echo(lifecycle.dry_run(cfg, pods, name, spec), nl=False)
+        return
+    require_root("meshns create")
+    mesh = _mesh(ctx, record=True)
+    result = lifecycle.create(mesh, name, spec, ready_timeout)
+    state = result.state
+    click.echo(f"pod {name} ready at {result.record.ip} in {result.seconds:.2f} s "
+               f"(sidecar pid {state.get('sidecar_pid')}, app pid {state.get('app_pid') or '-'})")
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def delete(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Delete pods: app stopped, sidecar stopped, namespace, veth and rules removed."""
+    require_root("meshns delete")
+    mesh = _mesh(ctx)
+    for name in names:
+        lifecycle.delete(mesh, name)
+        click.echo(f"pod {name} deleted")
+
+
+@cli.command(name="exec", context_settings={"ignore_unknown_options": True,
+                                            "allow_interspersed_args": False})
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def exec_(ctx: click.Context, name: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside pod NAME, through its sidecar (exec NAME -- CMD ARGS...)."""
+    require_root("meshns exec")
+    mesh = _mesh(ctx)
+    record = mesh.registry.get_pod(name)
+    if record is None:
+        raise NotFoundError(f"pod {name!r} does not exist")
+    if record.state != PodState.READY:
+        raise UserError(f"pod {name!r} is {record.state.value}, not ready")
+    mesh.close()
+    if command[:1] == ("--",):
+        command = command[1:]
+    if not command:
+        raise UserError("no command given: meshns exec POD -- CMD ARGS...")
+    sys.stdout.flush()
+    # ip netns exec bind-mounts the pod's hosts and resolv.conf; our exit code becomes the command's.
+    os.execvp("ip", ["ip", "netns", "exec", record.netns, *command])
+
+
+@cli.command(name="list")
+@OUTPUT
+@click.pass_context
+def list_(ctx: click.Context, fmt: str) -> None:
+    """List pods."""
+    mesh = _mesh(ctx)
+    rows = [status.summary(mesh, r) for r in mesh.registry.list_pods()]
+    emit(rows, fmt, table(["NAME", "IP", "STATE", "SIDECAR", "APP", "AGE"],
+                          [[r["name"], r["ip"], r["state"], r["sidecar"], r["app"], _age(r["age_s"])]
+                           for r in rows]))
+
+
+def _age(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
+
+
+@cli.command(name="status")
+@click.argument("name", required=False)
+@OUTPUT
+@click.pass_context
+def status_(ctx: click.Context, name: str | None, fmt: str) -> None:
+    """Show a pod in detail (or all pods): address, veth, rules, sidecar and app."""
+    require_root("meshns status")
+    mesh = _mesh(ctx)
+    records = mesh.registry.list_pods()
+    if name is not None:
+        records = [r for r in records if r.name == name]
+        if not records:
+            raise NotFoundError(f"pod {name!r} does not exist")
+    details = [status.detail(mesh, r) for r in records]
+    emit(details[0] if name is not None else details, fmt,
+         "\n\n".join(_render_detail(d) for d in details) or "no pods")
+
+
+def _render_detail(d: dict[str, Any]) -> str:
+    stats = d.get("sidecar_stats") or {}
+    lines = [
+        f"pod:        {d['name']} ({d['state']}, {d['phase']})",
+        f"address:    {d['ip']} on {d['netns']}, veth {d['veth']} -> bridge {d['bridge']}",
+        f"rules:      {d['rules']}",
+        f"sidecar:    pid {d['sidecar_pid']} {d['sidecar']}, restarts {d['sidecar_restarts']}",
+        f"app:        pid {d['app_pid'] or '-'} {d['app']}: {' '.join(d['app_command']) or '(none)'}",
+        f"log:        {d['log']}",
+        f"app log:    {d['app_log']}",
+    ]
+    if stats:
+        lines.append("traffic:    " + ", ".join(f"{k}={v}" for k, v in sorted(stats.items())
+                                                if isinstance(v, int | float) and k != "pid"))
+    if d.get("error"):
+        lines.append(f"error:      {d['error']}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.pass_context
+def gc(ctx: click.Context) -> None:
+    """Remove what a crashed or killed meshns left behind."""
+    require_root("meshns gc")
+    mesh = _mesh(ctx)
+    done = gc_mod.gc(mesh)
+    click.echo("\n".join(done) if done else "nothing to clean")
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("meshns: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except MeshnsError as exc:
+        click.echo(f"meshns: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("meshns: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The mesh instance a command works on: state directory, bridge, pod CIDR, namespace prefix.
+
+Everything that would let two meshes on one host collide is configurable, so tests (and later,
+simulated hosts) each get their own. The first command that initialises a state directory
+records its bridge, CIDR and prefix in the registry; later commands read them back, and an
+explicit option that disagrees with what is recorded is refused rather than silently mixing two
+meshes' resources.
+
+Precedence: command-line option, then environment variable, then what the registry recorded,
+then the built-in default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from pathlib import Path
+
+from meshns.errors import ConflictError
+from meshns.names import validate_ifname, validate_ns_prefix
+from meshns.netns.ipam import parse_pod_cidr
+
+DEFAULT_STATE_DIR = "/var/lib/meshns"
+DEFAULT_BRIDGE = "meshns0"
+DEFAULT_POD_CIDR = "10.188.0.0/16"
+DEFAULT_NS_PREFIX = "meshns-"
+
+ENV = {
+    "state_dir": "MESHNS_STATE_DIR",
+    "bridge": "MESHNS_BRIDGE",
+    "pod_cidr": "MESHNS_POD_CIDR",
+    "ns_prefix": "MESHNS_NS_PREFIX",
+}
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    state_dir: Path
+    bridge: str
+    pod_cidr: IPv4Network
+    ns_prefix: str
+
+    @property
+    def registry_path(self) -> Path:
+        return self.state_dir / "registry.db"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.state_dir / "lock"
+
+    def pod_dir(self, pod: str) -> Path:
+        return self.state_dir / "pods" / pod
+
+
+@dataclass(frozen=True)
+class ConfigRequest:
+    """What the caller asked for; None means 'not given'."""
+
+    state_dir: str | None = None
+    bridge: str | None = None
+    pod_cidr: str | None = None
+    ns_prefix: str | None = None
+
+    def with_env(self, environ: dict[str, str] | None = None) -> ConfigRequest:
+        env = os.environ if environ is None else environ
+        return ConfigRequest(
+            state_dir=self.state_dir or env.get(ENV["state_dir"]) or None,
+            bridge=self.bridge or env.get(ENV["bridge"]) or None,
+            pod_cidr=self.pod_cidr or env.get(ENV["pod_cidr"]) or None,
+            ns_prefix=self.ns_prefix if self.ns_prefix is not None else env.get(ENV["ns_prefix"]),
+        )
+
+
+def resolve(request: ConfigRequest, recorded: dict[str, str]) -> MeshConfig:
+    """Merge the request with what the registry recorded (pure; raises on disagreement)."""
+    state_dir = Path(request.state_dir or DEFAULT_STATE_DIR).absolute()
+    values: dict[str, str] = {}
+    for key, default in (("bridge", DEFAULT_BRIDGE), ("pod_cidr", DEFAULT_POD_CIDR),
+                         ("ns_prefix", DEFAULT_NS_PREFIX)):
+        asked: str | None = getattr(request, key)
+        have = recorded.get(key)
+        if asked is not None and have is not None and asked != have:
+            raise ConflictError(
+                f"state directory {state_dir} belongs to a mesh with {key}={have!r}; "
+                f"refusing {key}={asked!r} (use another --state-dir for another mesh)"
+            )
+        values[key] = asked if asked is not None else (have if have is not None else default)
+    return MeshConfig(
+        state_dir=state_dir,
+        bridge=validate_ifname(values["bridge"], "bridge name"),
+        pod_cidr=parse_pod_cidr(values["pod_cidr"]),
+        ns_prefix=validate_ns_prefix(values["ns_prefix"]),
+    )
+
+
+def to_record(cfg: MeshConfig) -> dict[str, str]:
+    return {"bridge": cfg.bridge, "pod_cidr": str(cfg.pod_cidr), "ns_prefix": cfg.ns_prefix}

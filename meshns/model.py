@@ -1,0 +1,52 @@
+"""Registry records: what a pod is, independent of where it is stored."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from ipaddress import IPv4Address
+
+
+class PodState(StrEnum):
+    CREATING = "creating"  # row reserved, kernel objects being made; owner_pid is the creator
+    READY = "ready"  # rules validated, sidecar up, app started
+    DELETING = "deleting"  # teardown in progress; owner_pid is the deleter
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    """What the user asked for at create time (everything needed to rebuild the pod's plans)."""
+
+    app: tuple[str, ...] = ()
+    exclude_outbound_ports: tuple[int, ...] = ()
+    exclude_inbound_ports: tuple[int, ...] = ()
+    exclude_outbound_cidrs: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = field(default=())
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PodSpec:
+        raw = json.loads(text)
+        return cls(
+            app=tuple(raw.get("app", ())),
+            exclude_outbound_ports=tuple(raw.get("exclude_outbound_ports", ())),
+            exclude_inbound_ports=tuple(raw.get("exclude_inbound_ports", ())),
+            exclude_outbound_cidrs=tuple(raw.get("exclude_outbound_cidrs", ())),
+            labels=tuple((str(k), str(v)) for k, v in raw.get("labels", ())),
+        )
+
+
+@dataclass(frozen=True)
+class PodRecord:
+    name: str
+    ip: IPv4Address
+    netns: str
+    veth: str
+    state: PodState
+    spec: PodSpec
+    owner_pid: int | None
+    created_at: float
+    updated_at: float

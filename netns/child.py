@@ -1,0 +1,86 @@
+"""Run a function inside a pod's network namespace, in a forked child.
+
+Why a child: setns() changes the namespace of the calling *thread*; a long-lived or
+multi-threaded process that enters and leaves namespaces ends up with threads in the wrong one
+(pyroute2 and Istio's CNI both learned this). Forking keeps the caller untouched: the child
+enters the namespace, runs the function, sends back the pickled result or exception, and exits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import traceback
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from meshns.errors import SystemFailure
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+NETNS_RUN_DIR = "/run/netns"
+
+
+def netns_path(name: str) -> str:
+    return os.path.join(NETNS_RUN_DIR, name)
+
+
+def enter_netns(name: str) -> None:
+    """Move the calling thread into the named namespace. Only ever call this in a child."""
+    fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(fd)
+    finally:
+        os.close(fd)
+
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    # os.setns only exists from Python 3.12; libc's setns works everywhere.
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def run_in_netns(name: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Call ``fn(*args, **kwargs)`` inside namespace ``name`` and return its result.
+
+    Exceptions raised in the child are re-raised in the parent (the same type when it can be
+    pickled, else SystemFailure with the child's traceback text).
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        status = 0
+        try:
+            os.close(read_fd)
+            try:
+                enter_netns(name)
+                payload: tuple[bool, object] = (True, fn(*args, **kwargs))
+            except BaseException as exc:
+                status = 1
+                try:
+                    pickle.dumps(exc)
+                    payload = (False, exc)
+                except Exception:
+                    payload = (False, SystemFailure(traceback.format_exc()))
+            with os.fdopen(write_fd, "wb") as out:
+                pickle.dump(payload, out)
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as inp:
+        data = inp.read()
+    _, wait_status = os.waitpid(pid, 0)
+    if not data:
+        raise SystemFailure(f"child in namespace {name!r} died (wait status {wait_status})")
+    ok, value = pickle.loads(data)  # noqa: S301 - our own child, over our own pipe
+    if ok:
+        return value  # type: ignore[no-any-return]
+    assert isinstance(value, BaseException)
+    raise value

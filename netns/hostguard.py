@@ -1,0 +1,70 @@
+"""Keeps pod traffic on the host: no forwarding between the pod bridge and other interfaces.
+
+Pods get no masquerade and no route off the host, but a host with ip_forward=1 (any host that
+runs Docker, for one) would still route a pod's packets out of eth0. Two DROP rules in the
+host's filter FORWARD chain close that; they carry a comment naming the bridge so they are found
+and removed with it, and so nothing meshns adds outlives the mesh. Egress is an explicit option
+for a later issue.
+
+These are applied with the host's own ``iptables`` command (whichever backend, nft or legacy,
+the host uses), not python-iptables: on the host we share tables with the user's firewall, and
+writing the other backend is exactly the legacy/nft split that confuses operators. Inside a pod's
+namespace the tables are ours alone.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from meshns.errors import SystemFailure
+
+
+def guard_comment(bridge: str) -> str:
+    return f"meshns-guard:{bridge}"
+
+
+def guard_rules(bridge: str) -> list[list[str]]:
+    """The rule specs (arguments after the chain name), pure."""
+    c = guard_comment(bridge)
+    return [
+        ["-i", bridge, "!", "-o", bridge, "-m", "comment", "--comment", c, "-j", "DROP"],
+        ["!", "-i", bridge, "-o", bridge, "-m", "comment", "--comment", c, "-j", "DROP"],
+    ]
+
+
+def render_guard(bridge: str) -> list[str]:
+    out = []
+    for spec in guard_rules(bridge):
+        words = [f'"{w}"' if w.startswith("meshns-guard") else w for w in spec]
+        out.append("iptables -t filter -I FORWARD " + " ".join(words))
+    return out
+
+
+def _iptables(*args: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(["iptables", "-w", "5", "-t", "filter", *args],
+                              capture_output=True, text=True, check=False, timeout=30)
+    except OSError as exc:
+        raise SystemFailure(f"cannot run iptables: {exc}") from exc
+
+
+def ensure_guard(bridge: str) -> None:
+    for spec in guard_rules(bridge):
+        if _iptables("-C", "FORWARD", *spec).returncode == 0:
+            continue
+        done = _iptables("-I", "FORWARD", *spec)
+        if done.returncode != 0:
+            raise SystemFailure(f"cannot install the host forward guard for {bridge}: {done.stderr.strip()}")
+
+
+def remove_guard(bridge: str) -> None:
+    for spec in guard_rules(bridge):
+        # -D removes one copy per call; loop in case an interrupted run added two.
+        for _ in range(16):
+            if _iptables("-D", "FORWARD", *spec).returncode != 0:
+                break
+
+
+def guard_installed(bridge: str) -> int:
+    listing = _iptables("-S", "FORWARD").stdout
+    return sum(1 for line in listing.splitlines() if guard_comment(bridge) in line)

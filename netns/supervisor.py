@@ -1,0 +1,230 @@
+"""The per-pod supervisor: starts the sidecar, validates interception, then the app; keeps the
+sidecar alive; stops the app before the sidecar.
+
+Theory of operation. ``meshns create`` installs the rules, then starts this process detached
+(its own session, output to the pod log). Phases, written to state.json for ``create`` and
+``status`` to read:
+
+    starting -> validating -> running -> stopping -> stopped
+         \\-----------\\-> failed (the app was never started)
+
+Fail closed: the rules are in place before the sidecar starts, and the app starts only after
+both validation probes came back through the sidecar. If the sidecar dies later, the rules
+still redirect the app's traffic to the sidecar's (closed) ports, so connections are refused
+rather than sent around the mesh; the supervisor restarts the sidecar with a short backoff
+(100 ms doubling to 1 s, reset after 10 s of uptime), so new connections work again within
+about a second. On SIGTERM the app is stopped first, then the sidecar (which drains).
+
+Children are entered into the pod's namespace in the forked child before exec
+(preexec_fn), so this process itself never leaves the host namespace. The sidecar runs as the
+proxy user (uid/gid 1337, no supplementary groups): the rules exempt exactly that user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from meshns.errors import MeshnsError
+from meshns.netns.child import enter_netns
+from meshns.netns.validate import validate
+from meshns.ports import PROXY_GID, PROXY_UID
+
+SUPERVISOR_MODULE = "meshns.netns.supervisor"
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 1.0
+STABLE_AFTER_S = 10.0
+APP_GRACE_S = 5.0
+SIDECAR_GRACE_S = 10.0
+
+
+@dataclass
+class State:
+    phase: str = "starting"
+    supervisor_pid: int = field(default_factory=os.getpid)
+    sidecar_pid: int | None = None
+    sidecar_restarts: int = 0
+    sidecar_started_at: float | None = None
+    app_pid: int | None = None
+    app_state: str = "not started"
+    app_exit_code: int | None = None
+    error: str | None = None
+
+
+class Supervisor:
+    def __init__(self, pod_dir: Path) -> None:
+        self.pod_dir = pod_dir
+        self.plan = json.loads((pod_dir / "supervisor.json").read_text())
+        self.netns: str = self.plan["netns"]
+        self.state = State()
+        self.stopping = False
+        self.sidecar: subprocess.Popen[bytes] | None = None
+        self.app: subprocess.Popen[bytes] | None = None
+
+    # -- state file ------------------------------------------------------------------------
+    def save(self) -> None:
+        tmp = self.pod_dir / "state.json.tmp"
+        data = dict(self.state.__dict__, updated_at=time.time())
+        tmp.write_text(json.dumps(data, sort_keys=True))
+        os.replace(tmp, self.pod_dir / "state.json")
+
+    def log(self, text: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        print(f"{stamp} supervisor pod={self.plan['pod']} {text}", file=sys.stderr, flush=True)
+
+    # -- children --------------------------------------------------------------------------
+    def _sidecar_preexec(self) -> None:
+        enter_netns(self.netns)
+        os.setgroups([])
+        os.setgid(PROXY_GID)
+        os.setuid(PROXY_UID)
+
+    def start_sidecar(self) -> None:
+        with open(self.pod_dir / "sidecar.json", "rb") as config:
+            # The config goes in on stdin: the proxy user need not be able to reach the state dir.
+            self.sidecar = subprocess.Popen(
+                [sys.executable, "-m", "meshns.dataplane", "--config", "/dev/stdin"],
+                # This process has one thread, so preexec_fn is safe here.
+                stdin=config, preexec_fn=self._sidecar_preexec, close_fds=True,  # noqa: PLW1509
+            )
+        self.state.sidecar_pid = self.sidecar.pid
+        self.state.sidecar_started_at = time.time()
+        self.log(f"sidecar started pid={self.sidecar.pid}")
+        self.save()
+
+    def start_app(self) -> None:
+        argv: list[str] = self.plan["app"]
+        if not argv:
+            self.state.app_state = "none"
+            return
+        with open(self.pod_dir / "app.log", "ab") as out:
+            # ip netns exec bind-mounts /etc/netns/<netns>/{hosts,resolv.conf} for the app.
+            self.app = subprocess.Popen(
+                ["ip", "netns", "exec", self.netns, *argv],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True,
+            )
+        self.state.app_pid = self.app.pid
+        self.state.app_state = "running"
+        self.log(f"app started pid={self.app.pid}: {' '.join(argv)}")
+
+    # -- main loop -------------------------------------------------------------------------
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        self.save()
+        self.start_sidecar()
+        self.state.phase = "validating"
+        self.save()
+        try:
+            validate(self.netns, IPv4Address(self.plan["pod_ip"]), IPv4Address(self.plan["gateway"]),
+                     float(self.plan["ready_timeout_s"]))
+        except MeshnsError as exc:
+            return self.fail(str(exc))
+        if self.stopping:
+            return self.shutdown()
+        try:
+            self.start_app()
+        except OSError as exc:
+            return self.fail(f"cannot start the app: {exc}")
+        self.state.phase = "running"
+        self.save()
+        self.log("running")
+        return self.loop()
+
+    def fail(self, reason: str) -> int:
+        self.log(f"failed: {reason}")
+        self.state.error = reason
+        self._stop_sidecar()
+        self.state.phase = "failed"
+        self.save()
+        return 1
+
+    def loop(self) -> int:
+        backoff = BACKOFF_MIN_S
+        restart_at: float | None = None
+        while not self.stopping:
+            time.sleep(0.05)
+            if self.app is not None and self.state.app_state == "running":
+                code = self.app.poll()
+                if code is not None:
+                    self.state.app_state = "exited"
+                    self.state.app_exit_code = code
+                    self.log(f"app exited with {code}")
+                    self.save()
+            if self.sidecar is not None and self.sidecar.poll() is not None and restart_at is None:
+                ran_s = time.time() - (self.state.sidecar_started_at or 0.0)
+                backoff = BACKOFF_MIN_S if ran_s > STABLE_AFTER_S else backoff
+                self.log(f"sidecar pid={self.sidecar.pid} exited with {self.sidecar.returncode}; "
+                         f"restarting in {backoff:.1f} s")
+                restart_at = time.monotonic() + backoff
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+            if restart_at is not None and time.monotonic() >= restart_at and not self.stopping:
+                restart_at = None
+                self.state.sidecar_restarts += 1
+                self.start_sidecar()
+        return self.shutdown()
+
+    def _on_stop(self, signum: int, _frame: object) -> None:
+        self.stopping = True
+
+    def shutdown(self) -> int:
+        self.state.phase = "stopping"
+        self.save()
+        self.log("stopping: app first, then the sidecar")
+        if self.app is not None and self.app.poll() is None:
+            _stop(self.app, APP_GRACE_S, group=True)
+            self.state.app_exit_code = self.app.returncode
+        if self.state.app_state == "running":
+            self.state.app_state = "stopped"
+        self._stop_sidecar()
+        self.state.phase = "stopped"
+        self.save()
+        self.log("stopped")
+        return 0
+
+    def _stop_sidecar(self) -> None:
+        if self.sidecar is not None and self.sidecar.poll() is None:
+            _stop(self.sidecar, SIDECAR_GRACE_S, group=False)
+
+
+def _stop(proc: subprocess.Popen[bytes], grace_s: float, group: bool) -> None:
+    def send(sig: signal.Signals) -> None:
+        try:
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    send(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        proc.wait()
+
+
+def command(state_dir: Path, pod: str) -> list[str]:
+    return [sys.executable, "-m", SUPERVISOR_MODULE, "--state-dir", str(state_dir), "--pod", pod]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=SUPERVISOR_MODULE)
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--pod", required=True)
+    args = parser.parse_args(argv)
+    return Supervisor(Path(args.state_dir) / "pods" / args.pod).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
