@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs everything meshns needs on a fresh Debian 12 / Ubuntu machine, as root:
+# the system packages, then the Python environment in .venv with meshns installed into it,
+# and /usr/local/bin/meshns pointing at it. Safe to run again; it only adds what is missing.
+#   --test   also the packages the test suite uses (vagrant for `vagrant validate`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+  echo "provision.sh: run as root (sudo $0)" >&2
+  exit 1
+fi
+
+packages=(
+  python3 python3-venv python3-dev gcc       # the venv; uvloop/httptools wheels need nothing more
+  iproute2 iptables nftables kmod            # namespaces, veth, bridge; the interception rules
+  procps psmisc ca-certificates
+  curl socat netcat-openbsd                  # unmodified clients and servers used by demo and tests
+)
+if [ "${1:-}" = "--test" ]; then
+  packages+=(tcpdump vagrant)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "provision: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian's python3, not whatever python3 comes first on PATH: the same interpreter everywhere.
+if [ ! -x .venv/bin/python ]; then
+  /usr/bin/python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+ln -sf "$PWD/.venv/bin/meshns" /usr/local/bin/meshns
+echo "provision: ready ($(.venv/bin/meshns --version))"
