@@ -1,0 +1,141 @@
+"""The admin endpoint on 127.0.0.1: readiness for the supervisor, counters for humans and tests.
+
+Not the hot path, so it uses h11 (strict, sans-I/O) and answers one request per connection
+(``Connection: close``), which keeps the state handling trivial. Routing is a pure function from
+(method, path, state) to (status, content type, body), tested without sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, cast
+
+import h11
+
+from meshns.dataplane.stats import Stats
+
+log = logging.getLogger("meshns.dataplane.admin")
+
+# Enough for any request line and headers a human or the supervisor sends; more is refused by h11.
+MAX_REQUEST_BYTES: Final = 16 * 1024
+# A client that connects and says nothing must not hold a connection forever.
+REQUEST_TIMEOUT_S: Final = 10.0
+
+
+@dataclass
+class AdminState:
+    """What the admin endpoint reports; the server flips ``ready``/``draining``."""
+
+    pod: str
+    stats: Stats
+    ready: bool = False
+    draining: bool = False
+    started_monotonic: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.started_monotonic:
+            self.started_monotonic = time.monotonic()
+
+    def stats_document(self) -> dict[str, object]:
+        doc: dict[str, object] = {
+            "pod": self.pod,
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
+            "ready": self.ready and not self.draining,
+            "draining": self.draining,
+        }
+        doc.update(self.stats.as_dict())
+        return doc
+
+
+Reply = tuple[int, str, bytes]
+
+
+def route(method: bytes, path: bytes, state: AdminState) -> Reply:
+    """Pure request routing; the query string is ignored."""
+    target = path.split(b"?", 1)[0]
+    if method not in (b"GET", b"HEAD"):
+        if target in (b"/ready", b"/stats"):
+            return 405, "text/plain", b"method not allowed\n"
+        return 404, "text/plain", b"not found\n"
+    if target == b"/ready":
+        if state.ready and not state.draining:
+            return 200, "text/plain", b"ready\n"
+        return 503, "text/plain", b"draining\n" if state.draining else b"not ready\n"
+    if target == b"/stats":
+        body = json.dumps(state.stats_document(), sort_keys=True).encode() + b"\n"
+        return 200, "application/json", body
+    return 404, "text/plain", b"not found\n"
+
+
+class AdminProtocol(asyncio.Protocol):
+    def __init__(self, state: AdminState) -> None:
+        self.state = state
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT_S, self.transport.abort)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        self._advance()
+
+    def eof_received(self) -> bool | None:
+        self.conn.receive_data(b"")
+        self._advance()
+        return None
+
+    def _advance(self) -> None:
+        try:
+            event = self.conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            self._reply((exc.error_status_hint, "text/plain", b"bad request\n"), head=False)
+            return
+        if isinstance(event, h11.Request):
+            head = event.method == b"HEAD"
+            self._reply(route(event.method, event.target, self.state), head=head)
+        elif isinstance(event, h11.ConnectionClosed):
+            self._close()
+        # h11.NEED_DATA: wait for more bytes. The request body (if any) is never read: we reply and
+        # close, which is allowed for a server and keeps this endpoint stateless.
+
+    def _reply(self, reply: Reply, *, head: bool) -> None:
+        status, ctype, body = reply
+        headers = [
+            ("content-type", ctype),
+            ("content-length", str(len(body))),
+            ("connection", "close"),
+        ]
+        assert self.transport is not None
+        try:
+            out = self.conn.send(h11.Response(status_code=status, headers=headers))
+            if not head:
+                out = (out or b"") + (self.conn.send(h11.Data(data=body)) or b"")
+            out = (out or b"") + (self.conn.send(h11.EndOfMessage()) or b"")
+        except h11.LocalProtocolError:
+            # e.g. an error reply when h11 has already given up on the connection: just close.
+            log.debug("admin: could not send reply", exc_info=True)
+            out = b""
+        self.transport.write(out)
+        self._close()
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def admin_factory(state: AdminState) -> Callable[[], asyncio.Protocol]:
+    return lambda: AdminProtocol(state)

@@ -1,0 +1,126 @@
+"""The sidecar's own configuration: a frozen dataclass validated once, at load time.
+
+The sidecar is started by a supervisor with ``--config FILE``; a typo in that file must stop the
+process at start with a message naming the bad key, never surface later as an odd runtime failure.
+So every key is checked for existence and type here (``bool`` is not an ``int``, an ``int`` is an
+acceptable ``float``), and the rest of the data plane trusts the object it is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from meshns import ports
+from meshns.errors import UserError
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    """Everything one sidecar process needs to start. Ports may be 0 (ephemeral) for tests."""
+
+    pod: str
+    pod_ip: str
+    outbound_port: int = ports.OUTBOUND_PORT
+    inbound_port: int = ports.INBOUND_PORT
+    admin_port: int = ports.ADMIN_PORT
+    probe_port: int = ports.PROBE_PORT
+    # Source of the inbound hop to the app; interception lets it pass so it is not captured again.
+    inbound_source_ip: str = ports.INBOUND_SOURCE_IP
+    bind_ip: str = "0.0.0.0"
+    connect_timeout_s: float = 5.0
+    # Envoy's connection idle default (1 h): long-lived quiet connections are normal for databases.
+    idle_timeout_s: float = 3600.0
+    drain_timeout_s: float = 5.0
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        _check_semantics(self)
+
+
+_FIELD_TYPES: Final[dict[str, type]] = {
+    "pod": str,
+    "pod_ip": str,
+    "outbound_port": int,
+    "inbound_port": int,
+    "admin_port": int,
+    "probe_port": int,
+    "inbound_source_ip": str,
+    "bind_ip": str,
+    "connect_timeout_s": float,
+    "idle_timeout_s": float,
+    "drain_timeout_s": float,
+    "log_level": str,
+}
+_REQUIRED: Final = frozenset({"pod", "pod_ip"})
+
+# Keep the type table honest: a field added to the dataclass but not here would escape validation.
+assert set(_FIELD_TYPES) == {f.name for f in dataclasses.fields(SidecarConfig)}
+
+
+def _check_type(key: str, value: object, want: type) -> Any:
+    # bool is a subclass of int in Python, but `"outbound_port": true` is certainly a mistake.
+    if isinstance(value, bool) or not isinstance(value, (int, float) if want is float else want):
+        raise UserError(
+            f"sidecar config: {key} must be {want.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return float(value) if want is float else value  # type: ignore[arg-type]
+
+
+def _check_ipv4(key: str, value: str) -> None:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError as exc:
+        raise UserError(f"sidecar config: {key} must be an IPv4 address, got {value!r}") from exc
+
+
+def _check_semantics(cfg: SidecarConfig) -> None:
+    if not cfg.pod:
+        raise UserError("sidecar config: pod must not be empty")
+    for key in ("pod_ip", "inbound_source_ip", "bind_ip"):
+        _check_ipv4(key, getattr(cfg, key))
+    for key in ("outbound_port", "inbound_port", "admin_port", "probe_port"):
+        port = getattr(cfg, key)
+        if not 0 <= port <= 65535:
+            raise UserError(f"sidecar config: {key} must be in 0..65535, got {port}")
+    if cfg.outbound_port and cfg.outbound_port == cfg.inbound_port:
+        raise UserError("sidecar config: outbound_port and inbound_port must differ")
+    for key in ("connect_timeout_s", "idle_timeout_s", "drain_timeout_s"):
+        value = getattr(cfg, key)
+        if not 0 < value < float("inf"):  # also rejects NaN
+            raise UserError(f"sidecar config: {key} must be a positive finite number, got {value}")
+    if cfg.log_level not in LOG_LEVELS:
+        raise UserError(f"sidecar config: log_level must be one of {', '.join(LOG_LEVELS)}")
+
+
+def config_from_dict(raw: object) -> SidecarConfig:
+    """Validate a decoded JSON object into a SidecarConfig; raises UserError naming the bad key."""
+    if not isinstance(raw, dict):
+        raise UserError(f"sidecar config: top level must be an object, got {type(raw).__name__}")
+    for key in raw:
+        if key not in _FIELD_TYPES:
+            raise UserError(f"sidecar config: unknown key {key!r}")
+    missing = sorted(_REQUIRED - raw.keys())
+    if missing:
+        raise UserError(f"sidecar config: missing required key {missing[0]!r}")
+    values = {key: _check_type(key, value, _FIELD_TYPES[key]) for key, value in raw.items()}
+    return SidecarConfig(**values)
+
+
+def load_config(path: str | Path) -> SidecarConfig:
+    """Read and validate the JSON config file; unreadable or malformed files are UserErrors too."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"sidecar config: cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"sidecar config: {path} is not valid JSON: {exc}") from exc
+    return config_from_dict(raw)

@@ -1,0 +1,169 @@
+"""The sidecar process: listeners, admin endpoint, signals and drain.
+
+``Sidecar`` is constructible in-process for tests: pass ports 0 in the config (the bound ports are
+then in ``outbound_addr``/``inbound_addr``/``admin_addr``) and a ``FixedResolver`` instead of the
+SO_ORIGINAL_DST one. ``main`` is the process entry point used by ``python -m meshns.dataplane``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from meshns.dataplane.addrs import ListenAddr, listen_addr_from
+from meshns.dataplane.admin import AdminState, admin_factory
+from meshns.dataplane.config import SidecarConfig, load_config
+from meshns.dataplane.connect import Connector, tcp_connect
+from meshns.dataplane.decide import Direction
+from meshns.dataplane.origdst import OriginalDstResolver, SockoptResolver
+from meshns.dataplane.relay import RelayContext
+from meshns.dataplane.stats import Stats
+from meshns.errors import MeshnsError, SystemFailure
+
+log = logging.getLogger("meshns.dataplane")
+
+# Connections the kernel may queue before we accept: a burst of pod startup traffic must not see
+# SYNs dropped while the loop is busy.
+LISTEN_BACKLOG: Final = 1024
+# How often drain looks at the active count. Polling keeps the relay free of drain bookkeeping.
+DRAIN_POLL_S: Final = 0.05
+
+
+class Sidecar:
+    def __init__(
+        self,
+        config: SidecarConfig,
+        *,
+        resolver: OriginalDstResolver | None = None,
+        connector: Connector = tcp_connect,
+    ) -> None:
+        self.config = config
+        self.stats = Stats()
+        self.admin_state = AdminState(config.pod, self.stats)
+        self.ctx = RelayContext(config, self.stats, resolver or SockoptResolver(), connector)
+        self._relay_servers: list[asyncio.Server] = []
+        self._admin_server: asyncio.Server | None = None
+        self.outbound_addr: ListenAddr | None = None
+        self.inbound_addr: ListenAddr | None = None
+        self.admin_addr: ListenAddr | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.admin_state.ready and not self.admin_state.draining
+
+    def buffered_bytes(self) -> int:
+        """Bytes held in user space across all relayed connections (debug accessor for tests)."""
+        return self.ctx.buffered_bytes()
+
+    async def _bind(
+        self, factory: Callable[[], asyncio.Protocol], host: str, port: int, what: str
+    ) -> tuple[asyncio.Server, ListenAddr]:
+        loop = asyncio.get_running_loop()
+        try:
+            # Listen now but accept nothing until every listener is bound and the context knows the
+            # real ports (with port 0 they are only known after bind; loop detection needs them).
+            server = await loop.create_server(
+                factory, host, port, reuse_address=True, backlog=LISTEN_BACKLOG, start_serving=False,
+            )
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise SystemFailure(f"sidecar: cannot bind {what} listener {host}:{port}: {reason}") from exc
+        return server, listen_addr_from(server.sockets[0].getsockname())
+
+    async def start(self) -> None:
+        """Bind all listeners, then start accepting and report ready."""
+        cfg = self.config
+        try:
+            out_srv, self.outbound_addr = await self._bind(
+                self.ctx.factory(Direction.OUTBOUND), cfg.bind_ip, cfg.outbound_port, "outbound")
+            self._relay_servers.append(out_srv)
+            in_srv, self.inbound_addr = await self._bind(
+                self.ctx.factory(Direction.INBOUND), cfg.bind_ip, cfg.inbound_port, "inbound")
+            self._relay_servers.append(in_srv)
+            # Localhost only: /stats reveals traffic volumes and must not be reachable from the pod
+            # network.
+            self._admin_server, self.admin_addr = await self._bind(
+                admin_factory(self.admin_state), "127.0.0.1", cfg.admin_port, "admin")
+        except BaseException:
+            self._close_listeners()
+            raise
+        self.ctx.config = dataclasses.replace(
+            cfg, outbound_port=self.outbound_addr.port, inbound_port=self.inbound_addr.port)
+        for srv in [*self._relay_servers, self._admin_server]:
+            await srv.start_serving()
+        self.admin_state.ready = True
+        log.info("sidecar ready pod=%s pid=%d outbound=%s inbound=%s admin=%s", cfg.pod, os.getpid(),
+                 self.outbound_addr, self.inbound_addr, self.admin_addr)
+
+    def _close_listeners(self) -> None:
+        for srv in self._relay_servers:
+            srv.close()
+        self._relay_servers.clear()
+
+    async def drain(self) -> None:
+        """Stop accepting, let active connections finish for up to drain_timeout_s, then cut them."""
+        loop = asyncio.get_running_loop()
+        self.admin_state.draining = True
+        self._close_listeners()  # closes listening sockets only; accepted connections live on
+        deadline = loop.time() + self.config.drain_timeout_s
+        log.info("draining: %d active connections, up to %ss", self.stats.active, self.config.drain_timeout_s)
+        while self.stats.active > 0 and loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
+        if self.stats.active > 0:
+            log.warning("drain deadline passed, aborting %d connections", self.stats.active)
+            self.ctx.abort_all()
+            await asyncio.sleep(0)  # let connection_lost callbacks run before the loop stops
+        if self._admin_server is not None:
+            self._admin_server.close()
+            self._admin_server = None
+
+    async def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT, drain, return the exit code (0)."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        await self.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("signal received, shutting down")
+        await self.drain()
+        log.info("sidecar stopped pod=%s", self.config.pod)
+        return 0
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m meshns.dataplane --config FILE``; returns the process exit code."""
+    import uvloop  # noqa: PLC0415 - only the process entry point needs the event loop policy
+
+    parser = argparse.ArgumentParser(prog="python -m meshns.dataplane", description="meshns L4 sidecar")
+    parser.add_argument("--config", required=True, help="sidecar config JSON file")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help and usage errors; report, don't raise
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        config = load_config(args.config)
+    except MeshnsError as exc:
+        print(f"meshns sidecar: {exc}", file=sys.stderr)
+        return exc.exit_code
+    setup_logging(config.log_level)
+    try:
+        return uvloop.run(Sidecar(config).run())
+    except MeshnsError as exc:
+        log.error("%s", exc)
+        return exc.exit_code

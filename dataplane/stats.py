@@ -1,0 +1,39 @@
+"""Counters of the L4 relay: plain ints bumped in place, read by /stats (and later Prometheus).
+
+Plain attributes, not a metrics library, because the byte path increments them per chunk and an
+attribute add is the cheapest thing Python can do. The metrics layer maps them at scrape time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(slots=True)
+class DirectionStats:
+    """Counters of one listener. "up" is client -> upstream, "down" upstream -> client."""
+
+    accepted: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+@dataclass(slots=True)
+class Stats:
+    outbound: DirectionStats = field(default_factory=DirectionStats)
+    inbound: DirectionStats = field(default_factory=DirectionStats)
+    # Connections currently open (accepted and not yet fully closed), both directions together.
+    active: int = 0
+    # Upstream connect refused, unreachable or failed otherwise; timeouts are counted separately.
+    connect_failures: int = 0
+    connect_timeouts: int = 0
+    # The original destination could not be recovered (no conntrack entry, bad sockaddr).
+    resolve_failures: int = 0
+    rejects: int = 0
+    probes: int = 0
+    idle_timeouts: int = 0
+    # Connections ended by the peer with an error (reset, broken pipe) rather than a clean close.
+    peer_errors: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)

@@ -1,0 +1,216 @@
+"""Fixtures for integration tests: each test gets its own mesh (state directory, bridge, pod
+CIDR, namespace prefix), drives the real `meshns` command, and leaves the machine clean even
+when it fails: teardown deletes every pod, runs gc, then removes by force anything that is
+still there and fails the test if it had to."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+MESHNS = str(Path(sys.executable).parent / "meshns")
+
+pytestmark = pytest.mark.root
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="integration tests need root (namespaces, iptables)")
+        for item in items:
+            if "integration" in str(item.fspath):
+                item.add_marker(skip)
+
+
+@dataclass
+class Mesh:
+    state_dir: Path
+    bridge: str
+    cidr: str
+    prefix: str
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(MESHNS_STATE_DIR=str(self.state_dir), MESHNS_BRIDGE=self.bridge,
+                   MESHNS_POD_CIDR=self.cidr, MESHNS_NS_PREFIX=self.prefix)
+        return env
+
+    def run(self, *args: str, check: bool = True, timeout: float = 60,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([MESHNS, *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout, input=input, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError(f"meshns {' '.join(args)} -> {done.returncode}\n"
+                                 f"stdout: {done.stdout}\nstderr: {done.stderr}")
+        return done
+
+    def popen(self, *args: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([MESHNS, *args], env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        self.procs.append(proc)
+        return proc
+
+    def exec(self, pod: str, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return self.run("exec", pod, "--", *cmd, check=check, timeout=timeout)
+
+    def status(self, pod: str) -> dict[str, Any]:
+        data = json.loads(self.run("status", pod, "-o", "json").stdout)
+        assert isinstance(data, dict)
+        return data
+
+    def pods(self) -> list[dict[str, Any]]:
+        data = json.loads(self.run("list", "-o", "json").stdout)
+        assert isinstance(data, list)
+        return data
+
+    def stats(self, pod: str) -> dict[str, Any]:
+        stats = self.status(pod)["sidecar_stats"]
+        assert isinstance(stats, dict), f"no sidecar stats for {pod}"
+        return stats
+
+    def netns(self, pod: str) -> str:
+        return f"{self.prefix}{pod}"
+
+    def leftovers(self) -> list[str]:
+        """Everything of this mesh still on the machine."""
+        found = []
+        for ns in _netns_list():
+            if ns.startswith(self.prefix):
+                found.append(f"namespace {ns}")
+        links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+        if f": {self.bridge}:" in links:
+            found.append(f"bridge {self.bridge}")
+        if f"master {self.bridge} " in links:
+            found.append(f"ports on {self.bridge}")
+        rules = subprocess.run(["iptables", "-w", "-S", "FORWARD"], capture_output=True, text=True).stdout
+        if f"meshns-guard:{self.bridge}" in rules:
+            found.append("host guard rules")
+        etc = Path("/etc/netns")
+        if etc.is_dir():
+            found.extend(f"/etc/netns/{d}" for d in os.listdir(etc) if d.startswith(self.prefix))
+        for pid in _pids_with(str(self.state_dir)):
+            found.append(f"process {pid}: {' '.join(_cmdline(pid))[:120]}")
+        db = self.state_dir / "registry.db"
+        if db.exists():
+            import sqlite3
+
+            with sqlite3.connect(str(db)) as conn:
+                rows = conn.execute("SELECT name FROM pods").fetchall()
+            found.extend(f"registry row {r[0]}" for r in rows)
+        pods_dir = self.state_dir / "pods"
+        if pods_dir.is_dir() and os.listdir(pods_dir):
+            found.append(f"pod dirs {os.listdir(pods_dir)}")
+        return found
+
+
+def _netns_list() -> list[str]:
+    try:
+        return os.listdir("/run/netns")
+    except FileNotFoundError:
+        return []
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _pids_with(word: str) -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()
+            and word in _cmdline(int(p))]
+
+
+def _force_clean(m: Mesh) -> None:
+    for pid in _pids_with(str(m.state_dir)):
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    for ns in _netns_list():
+        if ns.startswith(m.prefix):
+            subprocess.run(["ip", "netns", "pids", ns], capture_output=True)
+            for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                                      text=True).stdout.split():
+                try:
+                    os.kill(int(pid), 9)
+                except ProcessLookupError:
+                    pass
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    links = subprocess.run(["ip", "-o", "link", "show", "master", m.bridge], capture_output=True,
+                           text=True).stdout
+    for line in links.splitlines():
+        name = line.split(": ")[1].split("@")[0]
+        subprocess.run(["ip", "link", "del", name], capture_output=True)
+    subprocess.run(["ip", "link", "del", m.bridge], capture_output=True)
+    for spec in (["-i", m.bridge, "!", "-o", m.bridge], ["!", "-i", m.bridge, "-o", m.bridge]):
+        subprocess.run(["iptables", "-w", "-D", "FORWARD", *spec, "-m", "comment", "--comment",
+                        f"meshns-guard:{m.bridge}", "-j", "DROP"], capture_output=True)
+    etc = Path("/etc/netns")
+    if etc.is_dir():
+        for d in os.listdir(etc):
+            if d.startswith(m.prefix):
+                shutil.rmtree(etc / d, ignore_errors=True)
+
+
+def _new_mesh(base: Path) -> Mesh:
+    tag = secrets.token_hex(3)
+    cidr = f"10.{random.randint(200, 249)}.{random.randint(0, 255)}.0/24"
+    return Mesh(state_dir=base / f"state-{tag}", bridge=f"tb{tag}", cidr=cidr, prefix=f"t{tag}-")
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[Mesh]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    m = _new_mesh(tmp_path)
+    try:
+        yield m
+    finally:
+        for proc in m.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        problems: list[str] = []
+        if m.state_dir.exists():
+            for pod in _registry_names(m):
+                m.run("delete", pod, check=False, timeout=60)
+            m.run("gc", check=False, timeout=60)
+            problems = m.leftovers()
+        _force_clean(m)
+        assert not problems, f"teardown found leftovers after delete + gc: {problems}"
+
+
+def _registry_names(m: Mesh) -> list[str]:
+    db = m.state_dir / "registry.db"
+    if not db.exists():
+        return []
+    import sqlite3
+
+    with sqlite3.connect(str(db)) as conn:
+        return [r[0] for r in conn.execute("SELECT name FROM pods")]
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
