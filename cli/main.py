@@ -157,8 +157,11 @@ def _render_detail(d: dict[str, Any]) -> str:
         f"app log:    {d['app_log']}",
     ]
     if stats:
-        lines.append("traffic:    " + ", ".join(f"{k}={v}" for k, v in sorted(stats.items())
-                                                if isinstance(v, int | float) and k != "pid"))
+        flat = {f"{k}.{sub}" if isinstance(v, dict) else k: sv
+                for k, v in stats.items() for sub, sv in (v.items() if isinstance(v, dict) else [(k, v)])}
+        lines.append("traffic:    " + ", ".join(f"{k}={v}" for k, v in sorted(flat.items())
+                                                if isinstance(v, int) and not isinstance(v, bool)
+                                                and k != "pid"))
     if d.get("error"):
         lines.append(f"error:      {d['error']}")
     return "\n".join(lines)

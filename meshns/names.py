@@ -24,7 +24,7 @@ def validate_pod_name(name: str) -> str:
         raise UserError("pod name is empty")
     if len(name) > POD_NAME_MAX:
         raise UserError(f"pod name {name!r} is too long ({len(name)} > {POD_NAME_MAX} characters)")
-    if not _POD_RE.match(name):
+    if not _POD_RE.fullmatch(name):
         raise UserError(
             f"pod name {name!r} is invalid: use lower-case letters, digits and inner '-' "
             "(like a DNS label)"
@@ -33,13 +33,13 @@ def validate_pod_name(name: str) -> str:
 
 
 def validate_ifname(name: str, what: str = "interface name") -> str:
-    if not _IFNAME_RE.match(name) or name in {".", ".."}:
+    if not _IFNAME_RE.fullmatch(name) or name in {".", ".."}:
         raise UserError(f"{what} {name!r} is invalid: 1-15 characters of letters, digits, '_', '.', '-'")
     return name
 
 
 def validate_ns_prefix(prefix: str) -> str:
-    if not _PREFIX_RE.match(prefix):
+    if not _PREFIX_RE.fullmatch(prefix):
         raise UserError(f"namespace prefix {prefix!r} is invalid: up to 20 of a-z, 0-9, '-'")
     return prefix
 

@@ -91,7 +91,7 @@ def test_load_config_errors(tmp_path: Path) -> None:
 
 
 def test_main_reports_config_errors_as_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from meshns.dataplane.server import main  # noqa: PLC0415
+    from meshns.dataplane.server import main
 
     assert main(["--config", str(tmp_path / "missing.json")]) == UserError.exit_code
     assert "cannot read" in capsys.readouterr().err
