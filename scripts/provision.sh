@@ -35,7 +35,14 @@ fi
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+log=$(mktemp)
+if ! { .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel &&
+       .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'; } >"$log" 2>&1; then
+  cat "$log" >&2
+  rm -f "$log"
+  echo "provision: pip install failed" >&2
+  exit 1
+fi
+rm -f "$log"
 ln -sf "$PWD/.venv/bin/meshns" /usr/local/bin/meshns
 echo "provision: ready ($(.venv/bin/meshns --version))"

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The main job: install what is needed, then show a mesh on the embedded defaults
+# (state in /var/lib/meshns, bridge meshns0, pods in 10.188.0.0/16): an unmodified web server
+# and an unmodified SMTP-style banner server in pods, reached by name from a client pod
+# through both sidecars; a sidecar killed and restarted; everything removed at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/provision.sh
+export PATH="$PWD/.venv/bin:$PATH"
+
+pods=(demo-web demo-smtp demo-client)
+www=$(mktemp -d)
+cleanup() {
+  meshns delete "${pods[@]}" >/dev/null 2>&1 || true
+  meshns gc >/dev/null 2>&1 || true
+  rm -rf "$www"
+}
+trap cleanup EXIT
+for p in "${pods[@]}"; do meshns delete "$p" >/dev/null 2>&1 || true; done
+
+say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+run() { say "$*"; "$@"; }
+
+echo "hello from an unmodified python http.server in pod demo-web" > "$www/index.html"
+chmod 755 "$www"
+
+run meshns create demo-web -- python3 -m http.server 8080 --directory "$www"
+run meshns create demo-smtp -- socat TCP-LISTEN:2525,reuseaddr,fork "SYSTEM:echo '220 demo-smtp ESMTP ready'"
+run meshns create demo-client
+run meshns list
+
+say "meshns exec demo-client -- curl -s http://demo-web:8080/"
+meshns exec demo-client -- curl -sS --retry 20 --retry-all-errors --retry-delay 0 http://demo-web:8080/
+
+say "meshns exec demo-client -- nc -d -w 5 demo-smtp 2525      # the client sends nothing"
+for _ in $(seq 50); do
+  out=$(meshns exec demo-client -- nc -d -w 5 demo-smtp 2525 || true)
+  [ -n "$out" ] && break
+  sleep 0.1
+done
+echo "$out"
+
+run meshns status demo-client
+
+sidecar=$(meshns status demo-client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["sidecar_pid"])')
+say "kill -9 $sidecar     # the client's sidecar dies; its supervisor restarts it"
+kill -9 "$sidecar"
+for _ in $(seq 50); do
+  if meshns exec demo-client -- curl -sf --max-time 2 http://demo-web:8080/ >/dev/null 2>&1; then break; fi
+  sleep 0.1
+done
+meshns status demo-client | grep -E "^sidecar:"
+meshns exec demo-client -- curl -sS http://demo-web:8080/
+
+run meshns delete "${pods[@]}"
+run meshns gc
+echo
+echo "demo done: pods created, traffic through the mesh, sidecar restarted, everything removed."
