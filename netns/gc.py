@@ -8,7 +8,8 @@ What counts as left behind:
   with no row;
 - the bridge and its guard rules, once no pod is left.
 
-Ready pods are never touched; a ready pod whose supervisor died is reported (status shows it).
+Ready pods are left alone unless their namespace is gone (after a reboot); a ready pod whose
+supervisor died is reported (status shows it) and left to 'meshns delete'.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from meshns.mesh import Mesh
 from meshns.model import PodState
 from meshns.names import veth_host_name
 from meshns.netns import apply, files, hostguard, procs, supervisor
+from meshns.netns.child import netns_path
 from meshns.netns.lifecycle import remove_bridge, teardown
 
 
@@ -32,9 +34,13 @@ def _owner_running(pid: int | None) -> bool:
 def gc(mesh: Mesh) -> list[str]:
     done: list[str] = []
     for record in mesh.registry.list_pods():
+        if record.state == PodState.READY and not os.path.exists(netns_path(record.netns)):
+            # The namespace is gone (a reboot empties /run/netns): the pod cannot be running.
+            teardown(mesh, record)
+            done.append(f"removed pod {record.name}: its namespace no longer exists")
+            continue
         if record.state == PodState.READY:
-            state = _supervisor_alive(mesh, record.name)
-            if not state:
+            if not _supervisor_alive(mesh, record.name):
                 done.append(f"pod {record.name}: ready but its supervisor is not running "
                             "(left alone; 'meshns delete' removes it)")
             continue
