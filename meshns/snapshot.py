@@ -1,0 +1,220 @@
+"""The compiled snapshot: everything a sidecar needs, pre-chewed, in one immutable value.
+
+The control plane (meshns.compile) builds one per pod from the registry and applied config and
+writes it as JSON next to the pod; the sidecar loads it at start and whenever the file changes,
+builds its indexes once (``Snapshot.by_dst``) and swaps the whole thing in atomically. The sidecar
+never parses user config and never reads the registry.
+
+Vocabulary follows Istio so applied VirtualService / DestinationRule fields map one to one:
+``attempts`` is the number of retries (Istio's meaning), durations are seconds (float), percents
+are 0..100.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+LbPolicy = Literal["least_request", "round_robin", "random"]
+MatchKind = Literal["exact", "prefix", "regex"]
+
+# Istio's default retry policy (2 retries on these conditions, 503 retriable).
+DEFAULT_RETRY_ON: tuple[str, ...] = (
+    "connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes",
+)
+RETRY_ON_CONDITIONS = frozenset({
+    "5xx", "gateway-error", "reset", "connect-failure", "refused-stream", "retriable-status-codes",
+    # gRPC conditions (issue: HTTP/2 and gRPC), accepted now so Istio YAML round-trips.
+    "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
+})
+
+
+@dataclass(frozen=True)
+class StringMatch:
+    kind: MatchKind
+    value: str
+
+
+@dataclass(frozen=True)
+class HeaderMatch:
+    name: str  # lower case
+    match: StringMatch
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    """All given conditions must hold; an empty RouteMatch matches every request."""
+
+    uri: StringMatch | None = None
+    method: StringMatch | None = None
+    headers: tuple[HeaderMatch, ...] = ()
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 2  # retries after the first try
+    per_try_timeout_s: float | None = None
+    retry_on: tuple[str, ...] = DEFAULT_RETRY_ON
+    retriable_status_codes: tuple[int, ...] = (503,)
+
+
+@dataclass(frozen=True)
+class FaultPolicy:
+    delay_s: float | None = None
+    delay_percent: float = 0.0
+    abort_status: int | None = None
+    abort_percent: float = 0.0
+
+
+@dataclass(frozen=True)
+class WeightedDestination:
+    subset: str | None = None  # None: every endpoint of the service
+    weight: int = 100
+
+
+@dataclass(frozen=True)
+class HttpRoute:
+    name: str = "default"
+    matches: tuple[RouteMatch, ...] = ()  # any of them (OR); empty: every request
+    destinations: tuple[WeightedDestination, ...] = (WeightedDestination(),)
+    retries: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout_s: float | None = None  # the whole request, all tries included; None: no limit
+    fault: FaultPolicy | None = None
+
+
+@dataclass(frozen=True)
+class ConnectionPool:
+    max_connections: int = 1024  # per service, all endpoints together
+    max_pending_requests: int = 1024  # waiting for a connection
+    max_requests: int = 1024  # active requests
+    max_requests_per_connection: int = 0  # 0: no limit
+    connect_timeout_s: float = 1.0
+    idle_timeout_s: float = 60.0  # idle upstream keep-alive connections are closed after this
+
+
+@dataclass(frozen=True)
+class OutlierDetection:
+    enabled: bool = True
+    consecutive_5xx: int = 5
+    consecutive_gateway_errors: int = 0  # 0: not used separately (5xx covers them)
+    interval_s: float = 10.0
+    base_ejection_s: float = 30.0
+    max_ejection_s: float = 300.0
+    max_ejection_percent: float = 10.0  # at least one endpoint may always be ejected (as Envoy)
+
+
+@dataclass(frozen=True)
+class RetryBudget:
+    percent: float = 20.0  # retries in flight at most this share of active requests ...
+    min_concurrent: int = 3  # ... but always at least this many
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    pod: str
+    ip: str
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def label(self, key: str) -> str | None:
+        return dict(self.labels).get(key)
+
+
+@dataclass(frozen=True)
+class Subset:
+    name: str
+    labels: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    port: int  # what clients call on the VIP
+    target_port: int  # where the pods listen
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    vip: str
+    ports: tuple[ServicePort, ...]
+    endpoints: tuple[Endpoint, ...] = ()
+    subsets: tuple[Subset, ...] = ()
+    lb: LbPolicy = "least_request"
+    pool: ConnectionPool = field(default_factory=ConnectionPool)
+    outlier: OutlierDetection = field(default_factory=OutlierDetection)
+    budget: RetryBudget = field(default_factory=RetryBudget)
+    routes: tuple[HttpRoute, ...] = (HttpRoute(),)  # first match wins; the last one matches all
+
+    def subset_endpoints(self, subset: str | None) -> tuple[Endpoint, ...]:
+        if subset is None:
+            return self.endpoints
+        for s in self.subsets:
+            if s.name == subset:
+                want = set(s.labels)
+                return tuple(e for e in self.endpoints if want <= set(e.labels))
+        return ()
+
+    def target_port(self, port: int) -> int | None:
+        for p in self.ports:
+            if p.port == port:
+                return p.target_port
+        return None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: int
+    pod: str
+    services: tuple[Service, ...] = ()
+
+    def by_dst(self) -> dict[tuple[str, int], Service]:
+        """The index the sidecar uses per connection: (VIP, port) -> service."""
+        return {(s.vip, p.port): s for s in self.services for p in s.ports}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Snapshot:
+        return snapshot_from_dict(json.loads(text))
+
+
+def _t(items: Any) -> tuple[tuple[str, str], ...]:
+    return tuple((str(k), str(v)) for k, v in items)
+
+
+def _sm(raw: Any) -> StringMatch | None:
+    return None if raw is None else StringMatch(raw["kind"], raw["value"])
+
+
+def _route(raw: dict[str, Any]) -> HttpRoute:
+    return HttpRoute(
+        name=raw["name"],
+        matches=tuple(
+            RouteMatch(uri=_sm(m["uri"]), method=_sm(m["method"]),
+                       headers=tuple(HeaderMatch(h["name"], StringMatch(**h["match"])) for h in m["headers"]))
+            for m in raw["matches"]
+        ),
+        destinations=tuple(WeightedDestination(**d) for d in raw["destinations"]),
+        retries=RetryPolicy(
+            attempts=raw["retries"]["attempts"], per_try_timeout_s=raw["retries"]["per_try_timeout_s"],
+            retry_on=tuple(raw["retries"]["retry_on"]),
+            retriable_status_codes=tuple(raw["retries"]["retriable_status_codes"]),
+        ),
+        timeout_s=raw["timeout_s"],
+        fault=FaultPolicy(**raw["fault"]) if raw["fault"] is not None else None,
+    )
+
+
+def snapshot_from_dict(raw: dict[str, Any]) -> Snapshot:
+    services = []
+    for s in raw["services"]:
+        services.append(Service(
+            name=s["name"], vip=s["vip"],
+            ports=tuple(ServicePort(**p) for p in s["ports"]),
+            endpoints=tuple(Endpoint(e["pod"], e["ip"], _t(e["labels"])) for e in s["endpoints"]),
+            subsets=tuple(Subset(x["name"], _t(x["labels"])) for x in s["subsets"]),
+            lb=s["lb"], pool=ConnectionPool(**s["pool"]), outlier=OutlierDetection(**s["outlier"]),
+            budget=RetryBudget(**s["budget"]), routes=tuple(_route(r) for r in s["routes"]),
+        ))
+    return Snapshot(version=raw["version"], pod=raw["pod"], services=tuple(services))
