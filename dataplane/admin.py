@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, cast
 
 import h11
@@ -37,6 +37,8 @@ class AdminState:
     ready: bool = False
     draining: bool = False
     started_monotonic: float = 0.0
+    # More top-level sections of /stats (snapshot version, per-service counters), computed per scrape.
+    extras: list[Callable[[], dict[str, object]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.started_monotonic:
@@ -51,6 +53,8 @@ class AdminState:
             "draining": self.draining,
         }
         doc.update(self.stats.as_dict())
+        for extra in self.extras:
+            doc.update(extra())
         return doc
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -19,6 +20,7 @@ from meshns import ports
 from meshns.errors import UserError
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+HTTP_PARSERS: Final = ("auto", "h11", "httptools")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,13 @@ class SidecarConfig:
     idle_timeout_s: float = 3600.0
     drain_timeout_s: float = 5.0
     log_level: str = "info"
+    # The pod directory, opened by the supervisor and inherited: the snapshot is read relative
+    # to it, so the proxy user needs no access to the state directory's parents. -1: none.
+    snapshot_dir_fd: int = -1
+    snapshot_file: str = "snapshot.json"
+    # HTTP/1 parser: "auto" (httptools when importable, else h11), "h11" (the strict reference)
+    # or "httptools" (llhttp, the fast one).
+    http_parser: str = "auto"
 
     def __post_init__(self) -> None:
         _check_semantics(self)
@@ -57,6 +66,9 @@ _FIELD_TYPES: Final[dict[str, type]] = {
     "idle_timeout_s": float,
     "drain_timeout_s": float,
     "log_level": str,
+    "snapshot_dir_fd": int,
+    "snapshot_file": str,
+    "http_parser": str,
 }
 _REQUIRED: Final = frozenset({"pod", "pod_ip"})
 
@@ -95,6 +107,12 @@ def _check_semantics(cfg: SidecarConfig) -> None:
         value = getattr(cfg, key)
         if not 0 < value < float("inf"):  # also rejects NaN
             raise UserError(f"sidecar config: {key} must be a positive finite number, got {value}")
+    if cfg.http_parser not in HTTP_PARSERS:
+        raise UserError(f"sidecar config: http_parser must be one of {', '.join(HTTP_PARSERS)}")
+    if cfg.snapshot_dir_fd < -1:
+        raise UserError(f"sidecar config: snapshot_dir_fd must be -1 or a descriptor, got {cfg.snapshot_dir_fd}")
+    if not cfg.snapshot_file:
+        raise UserError("sidecar config: snapshot_file must not be empty")
     if cfg.log_level not in LOG_LEVELS:
         raise UserError(f"sidecar config: log_level must be one of {', '.join(LOG_LEVELS)}")
 
@@ -114,9 +132,13 @@ def config_from_dict(raw: object) -> SidecarConfig:
 
 
 def load_config(path: str | Path) -> SidecarConfig:
-    """Read and validate the JSON config file; unreadable or malformed files are UserErrors too."""
+    """Read and validate the JSON config file; unreadable or malformed files are UserErrors too.
+
+    ``-`` reads standard input as it is: the supervisor passes the config through a pipe, which
+    the proxy user could not reopen by name (/dev/stdin of a root-owned pipe is not readable).
+    """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = sys.stdin.read() if str(path) == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise UserError(f"sidecar config: cannot read {path}: {exc.strerror or exc}") from exc
     try:

@@ -38,10 +38,11 @@ import logging
 from collections.abc import Callable
 from typing import Final, cast
 
-from meshns.dataplane.addrs import client_addr_from
+from meshns.dataplane.addrs import OrigDst, client_addr_from
 from meshns.dataplane.config import SidecarConfig
 from meshns.dataplane.connect import Connector, tcp_connect
 from meshns.dataplane.decide import AnswerProbe, Direction, Forward, Reject, decide
+from meshns.dataplane.http1.detect import Http1, Opaque, detect
 from meshns.dataplane.origdst import OrigDstError, OriginalDstResolver
 from meshns.dataplane.stats import DirectionStats, Stats
 
@@ -68,6 +69,9 @@ class RelayContext:
         self.resolver = resolver
         self.connector = connector
         self.live: set[Relay] = set()
+        # Outbound connections to a service VIP are handed to this hook (the HTTP/1 data path);
+        # it returns True when it took the connection over.
+        self.service_hook: Callable[[asyncio.BaseTransport, OrigDst], bool] | None = None
 
     def factory(self, direction: Direction) -> Callable[[], asyncio.Protocol]:
         dstats = self.stats.outbound if direction is Direction.OUTBOUND else self.stats.inbound
@@ -80,6 +84,16 @@ class RelayContext:
     def abort_all(self) -> None:
         for relay in list(self.live):
             relay.abort("drain deadline")
+
+
+REFUSAL_SNIFF_S = 1.0
+
+
+def _refusal_response(flag: str) -> bytes:
+    body = b"upstream connect error: the application in this pod is not reachable\n"
+    return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
+            b"x-meshns-response-flags: " + flag.encode() + b"\r\ncontent-length: "
+            + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
 
 
 class _PendingUpstream:
@@ -244,6 +258,10 @@ class Relay:
             log.warning("rejected %s: %s", self.describe(), decision.reason)
             transport.abort()
         else:
+            hook = ctx.service_hook
+            if hook is not None and self.direction is Direction.OUTBOUND and hook(transport, dst):
+                self._finish()  # the service connection accounts for itself from here on
+                return
             self.connect_task = asyncio.ensure_future(self._connect(decision))
             self._arm_idle_timer()
 
@@ -256,18 +274,40 @@ class Relay:
             ctx.stats.connect_timeouts += 1
             log.info("upstream connect timed out %s dst=%s after %ss", self.describe(), fwd.target,
                      ctx.config.connect_timeout_s)
-            self.client.transport.close()
+            await self._refuse_client("UF")
         except OSError as exc:
             ctx.stats.connect_failures += 1
             log.info("upstream connect failed %s dst=%s: %s", self.describe(), fwd.target,
                      exc.strerror or exc)
-            self.client.transport.close()
+            await self._refuse_client("UF")
         except Exception as exc:  # a connector bug must not escape as an unhandled task error
             ctx.stats.connect_failures += 1
             log.exception("upstream connect crashed %s dst=%s: %r", self.describe(), fwd.target, exc)
             self.client.transport.close()
         finally:
             self.connect_task = None
+
+    async def _refuse_client(self, flag: str) -> None:
+        """The app (or upstream) could not be reached. On the inbound side, an HTTP/1 client gets
+        a 503 like Envoy's inbound listener gives, so the calling sidecar knows the request never
+        reached the app and may retry it safely; anything else is closed. Waits at most
+        REFUSAL_SNIFF_S for the client's first bytes (a meshed client sends its request at once)."""
+        client = self.client
+        pending = client.peer
+        if self.direction is not Direction.INBOUND or not isinstance(pending, _PendingUpstream):
+            client.transport.close()
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REFUSAL_SNIFF_S
+        while not client.lost:
+            verdict = detect(b"".join(pending.chunks))
+            if isinstance(verdict, Http1):
+                client.transport.write(_refusal_response(flag))
+                break
+            if isinstance(verdict, Opaque) or pending.eof or loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.01)
+        client.transport.close()
 
     def upstream_connected(self, up: UpstreamSide) -> None:
         client = self.client

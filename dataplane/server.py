@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import random
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -22,8 +23,12 @@ from meshns.dataplane.admin import AdminState, admin_factory
 from meshns.dataplane.config import SidecarConfig, load_config
 from meshns.dataplane.connect import Connector, tcp_connect
 from meshns.dataplane.decide import Direction
+from meshns.dataplane.http1.context import HttpContext
+from meshns.dataplane.http1.downstream import take_over
+from meshns.dataplane.http1.parser import parser_kit
 from meshns.dataplane.origdst import OriginalDstResolver, SockoptResolver
 from meshns.dataplane.relay import RelayContext
+from meshns.dataplane.snapshots import SnapshotStore
 from meshns.dataplane.stats import Stats
 from meshns.errors import MeshnsError, SystemFailure
 
@@ -43,11 +48,20 @@ class Sidecar:
         *,
         resolver: OriginalDstResolver | None = None,
         connector: Connector = tcp_connect,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.stats = Stats()
         self.admin_state = AdminState(config.pod, self.stats)
         self.ctx = RelayContext(config, self.stats, resolver or SockoptResolver(), connector)
+        dir_fd = None if config.snapshot_dir_fd < 0 else config.snapshot_dir_fd
+        self.store = SnapshotStore(config.pod, dir_fd, config.snapshot_file)
+        # One random source per sidecar (balancing, weights, faults, jitter); tests pass a seeded one.
+        self.http = HttpContext(config, self.stats, self.store, connector, parser_kit(config.http_parser),
+                                rng or random.Random())
+        self.ctx.service_hook = lambda transport, dst: take_over(self.http, transport, dst.as_tuple())
+        self.admin_state.extras.append(self._stats_extras)
+        self._watch_task: asyncio.Task[None] | None = None
         self._relay_servers: list[asyncio.Server] = []
         self._admin_server: asyncio.Server | None = None
         self.outbound_addr: ListenAddr | None = None
@@ -60,7 +74,16 @@ class Sidecar:
 
     def buffered_bytes(self) -> int:
         """Bytes held in user space across all relayed connections (debug accessor for tests)."""
-        return self.ctx.buffered_bytes()
+        return self.ctx.buffered_bytes() + self.http.buffered_bytes()
+
+    def _stats_extras(self) -> dict[str, object]:
+        return {
+            "snapshot_version": self.store.version,
+            "snapshot_reloads": self.store.reloads,
+            "snapshot_reload_errors": self.store.reload_errors,
+            "http_parser": self.http.kit.name,
+            "services": self.http.services_doc(),
+        }
 
     async def _bind(
         self, factory: Callable[[], asyncio.Protocol], host: str, port: int, what: str
@@ -96,6 +119,8 @@ class Sidecar:
             raise
         self.ctx.config = dataclasses.replace(
             cfg, outbound_port=self.outbound_addr.port, inbound_port=self.inbound_addr.port)
+        self.store.check()  # the snapshot on disk, if any, before the first connection
+        self._watch_task = asyncio.ensure_future(self.store.watch())
         for srv in [*self._relay_servers, self._admin_server]:
             await srv.start_serving()
         self.admin_state.ready = True
@@ -112,6 +137,7 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         self.admin_state.draining = True
         self._close_listeners()  # closes listening sockets only; accepted connections live on
+        self.http.start_drain()  # idle keep-alive HTTP connections close now, busy ones after their response
         deadline = loop.time() + self.config.drain_timeout_s
         log.info("draining: %d active connections, up to %ss", self.stats.active, self.config.drain_timeout_s)
         while self.stats.active > 0 and loop.time() < deadline:
@@ -119,10 +145,14 @@ class Sidecar:
         if self.stats.active > 0:
             log.warning("drain deadline passed, aborting %d connections", self.stats.active)
             self.ctx.abort_all()
+            self.http.abort_all()
             await asyncio.sleep(0)  # let connection_lost callbacks run before the loop stops
         if self._admin_server is not None:
             self._admin_server.close()
             self._admin_server = None
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            self._watch_task = None
 
     async def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT, drain, return the exit code (0)."""
@@ -150,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m meshns.dataplane --config FILE``; returns the process exit code."""
     import uvloop  # noqa: PLC0415 - only the process entry point needs the event loop policy
 
-    parser = argparse.ArgumentParser(prog="python -m meshns.dataplane", description="meshns L4 sidecar")
+    parser = argparse.ArgumentParser(prog="python -m meshns.dataplane", description="meshns sidecar")
     parser.add_argument("--config", required=True, help="sidecar config JSON file")
     try:
         args = parser.parse_args(argv)

@@ -34,6 +34,11 @@ class Stats:
     idle_timeouts: int = 0
     # Connections ended by the peer with an error (reset, broken pipe) rather than a clean close.
     peer_errors: int = 0
+    # HTTP/1 connections to services (dataplane.http1): requests seen, malformed requests refused
+    # (400/431/501), responses the sidecar made itself (404 NR, 503 UO/UH/URX..., 504 UT, faults).
+    http_requests: int = 0
+    http_bad_requests: int = 0
+    http_local_replies: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -31,6 +31,7 @@ class ServiceState:
         self.overflows = 0
         self.ejections = 0
         self.timeouts = 0
+        self.budget_exhausted = 0  # retries that were due but refused by the retry budget
 
     def sync(self, service: Service) -> None:
         """Take the policies of a reloaded ``service``, keep the counters, forget gone endpoints."""

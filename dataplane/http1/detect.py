@@ -1,0 +1,78 @@
+"""Protocol detection on the client's first bytes: is this an HTTP/1.x request line?
+
+A pure function of the bytes seen so far, tested on every prefix of real captures (the habit of
+linkerd2-proxy's ``http/detect``). It answers ``Http1`` once a whole request line
+``METHOD SP target SP HTTP/1.x CRLF`` is there, ``Opaque`` as soon as the bytes can no longer
+become one (or ``DETECT_LIMIT`` bytes went by without a line end), and ``NeedMore`` otherwise.
+``PRI * HTTP/2.0`` (the HTTP/2 preface) is opaque for now: the version is not 1.x.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+DETECT_LIMIT: Final = 8192
+# RFC 9110 tchar: what a method token may contain.
+_TCHAR: Final = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_VERSION: Final = b"HTTP/1."
+
+
+@dataclass(frozen=True, slots=True)
+class Http1:
+    method: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Opaque:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NeedMore:
+    pass
+
+
+Detected = Http1 | Opaque | NeedMore
+NEED_MORE: Final = NeedMore()
+
+
+def detect(data: bytes) -> Detected:
+    """Classify the first bytes of a connection (everything the client sent so far)."""
+    n = len(data)
+    i = 0
+    while i < n and data[i] in _TCHAR:
+        i += 1
+    if i == n:
+        return _more(n)
+    if i == 0 or data[i] != 0x20:
+        return Opaque("no method token")
+    method_end = i
+    i += 1
+    start = i
+    while i < n and 0x21 <= data[i] <= 0x7E:
+        i += 1
+    if i == n:
+        return _more(n)
+    if i == start or data[i] != 0x20:
+        return Opaque("bad request target")
+    i += 1
+    tail = data[i:i + 10]  # "HTTP/1.x\r\n"
+    want = _VERSION[:len(tail)]
+    if tail[:len(want)] != want:
+        return Opaque("not HTTP/1.x")
+    if len(tail) <= len(_VERSION):
+        return _more(n)
+    if tail[7] not in b"01":
+        return Opaque("not HTTP/1.0 or 1.1")
+    if len(tail) > 8 and tail[8] != 0x0D:
+        return Opaque("no CR after version")
+    if len(tail) > 9 and tail[9] != 0x0A:
+        return Opaque("no LF after CR")
+    if len(tail) < 10:
+        return _more(n)
+    return Http1(data[:method_end])
+
+
+def _more(n: int) -> Detected:
+    return NEED_MORE if n < DETECT_LIMIT else Opaque("no request line within the detection limit")

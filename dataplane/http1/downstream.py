@@ -1,0 +1,385 @@
+"""The client side of a connection to a service VIP: detection, then HTTP/1.1 or opaque TCP.
+
+On accept an endpoint is chosen and dialled at once (eager connect) while we wait for the client's
+first bytes, so server-first protocols see their banner with no sniffing delay. Whoever speaks
+first decides: upstream bytes first, or client bytes that cannot be an HTTP/1.x request line, make
+the connection opaque TCP, piped to the eager connection (balanced per connection; a failed eager
+dial tries other endpoints, up to the default route's retry attempts). An HTTP/1.x request line
+makes it HTTP: the eager connection joins its endpoint's pool and every request is routed and
+balanced on its own (``flow.RequestFlow``). Requests are answered in order; a pipelined request
+waits (with the client paused) until the one before it finished.
+
+Reading from the client is paused for several independent reasons at once (no upstream attached
+yet, upstream transport full, pipelined request waiting, upgrade pending), kept as bits so one
+reason's resume does not undo another's pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Final, cast
+
+from meshns.dataplane.http1.context import HttpContext
+from meshns.dataplane.http1.detect import Http1, NeedMore, detect
+from meshns.dataplane.http1.flow import RequestFlow
+from meshns.dataplane.http1.head import ParseError, RequestHead, local_response
+from meshns.dataplane.http1.parser import RequestParser
+from meshns.dataplane.http1.pipe import Pipe
+from meshns.dataplane.http1.upstream import ConnectFailed, ServicePool, UpstreamConn
+from meshns.dataplane.policy.state import choose_endpoint
+from meshns.snapshot import Service
+
+log = logging.getLogger("meshns.dataplane.http1")
+
+HIGH_WATER: Final = 256 * 1024
+LOW_WATER: Final = 64 * 1024
+PAUSE_PIPELINE: Final = 4
+PAUSE_UPGRADE: Final = 8
+PAUSE_OPAQUE: Final = 16
+_STATUS_TEXT: Final = {400: "Bad Request", 431: "Request Header Fields Too Large", 501: "Not Implemented"}
+
+
+class ServiceConnection(asyncio.Protocol):
+    transport: asyncio.Transport
+
+    def __init__(self, hctx: HttpContext, transport: asyncio.Transport, dst: tuple[str, int],
+                 service: Service) -> None:
+        self.hctx = hctx
+        self.transport = transport
+        self.dst = dst
+        self.default_host = f"{dst[0]}:{dst[1]}".encode()
+        self.service = service
+        self.state, self.pool = hctx.policy(service)
+        self.http = False
+        self.opaque = False
+        self.buf = b""
+        self.client_eof = False
+        self.eager: UpstreamConn | None = None
+        self.eager_task: asyncio.Task[None] | None = None
+        self.eager_tried: set[str] = set()
+        self.up_first: list[bytes] = []
+        self.parser: RequestParser | None = None
+        self.current: RequestFlow | None = None
+        self.parsing: RequestFlow | None = None
+        self.queue: collections.deque[RequestFlow] = collections.deque()
+        self.paused = 0
+        self.write_paused = False
+        self.closing = False
+        self.lost = False
+        self.upgrade_rest = b""
+        self.pipe: Pipe | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.bad: ParseError | None = None
+        self.requests_seen = 0
+        self.requests_at_tick = -1
+
+    # lifecycle
+
+    def begin(self) -> None:
+        hctx = self.hctx
+        hctx.stats.active += 1
+        hctx.live.add(self)
+        self.transport.set_protocol(self)
+        self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        loop = asyncio.get_running_loop()
+        if self.start_eager():
+            self.timer = loop.call_later(hctx.config.idle_timeout_s, self.abort)
+        else:
+            self.timer = loop.call_later(self.service.pool.connect_timeout_s, self.silent_timeout)
+
+    def idle_tick(self) -> None:
+        if self.current is None and self.requests_seen == self.requests_at_tick:
+            self.timer = None
+            self.transport.close()
+            return
+        self.requests_at_tick = self.requests_seen
+        self.timer = asyncio.get_running_loop().call_later(self.hctx.config.idle_timeout_s, self.idle_tick)
+
+    def close_if_idle(self) -> None:
+        """Drain: a keep-alive connection between requests is closed now; busy ones after their
+        response (``flow_finished`` sees ``hctx.draining``)."""
+        if self.http and self.current is None:
+            self.transport.close()
+
+    def silent_timeout(self) -> None:
+        if not self.http:
+            self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.eager_task is not None:
+            self.eager_task.cancel()
+        if self.eager is not None:
+            self.pool.close(self.eager, abort=True)
+            self.eager = None
+        if self.current is not None:
+            self.current.downstream_lost()
+        self.queue.clear()
+        if self.pipe is None:
+            self.done()
+
+    def done(self) -> None:
+        if self in self.hctx.live:
+            self.hctx.live.discard(self)
+            self.hctx.stats.active -= 1
+
+    def abort(self) -> None:
+        if self.pipe is not None:
+            self.pipe.abort()
+        else:
+            self.transport.abort()
+
+    def buffered_bytes(self) -> int:
+        n = self.transport.get_write_buffer_size()
+        flow = self.current
+        if flow is not None and flow.up is not None:
+            n += flow.up.transport.get_write_buffer_size()
+        return n
+
+    # pausing the client
+
+    def pause(self, bit: int) -> None:
+        if not self.paused:
+            self.transport.pause_reading()
+        self.paused |= bit
+
+    def resume(self, bit: int) -> None:
+        if self.paused & bit:
+            self.paused &= ~bit
+            if not self.paused and not self.lost:
+                self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        flow = self.current
+        if flow is not None and flow.up is not None:
+            flow.up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        flow = self.current
+        if flow is not None and flow.up is not None:
+            flow.up.transport.resume_reading()
+
+    # client bytes
+
+    def data_received(self, data: bytes) -> None:
+        if self.http:
+            self.feed(data)
+            return
+        self.buf += data
+        if self.opaque:
+            return  # waiting for the upstream; paused
+        verdict = detect(self.buf)
+        if isinstance(verdict, NeedMore):
+            return
+        if isinstance(verdict, Http1):
+            self.go_http()
+        else:
+            log.debug("opaque to %s: %s", self.service.name, verdict.reason)
+            self.go_opaque()
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        if self.http:
+            if self.current is None:
+                self.transport.close()
+            return True
+        self.go_opaque()
+        return True
+
+    def feed(self, data: bytes) -> None:
+        parser = self.parser
+        assert parser is not None
+        try:
+            rest = parser.feed(data)
+        except ParseError as exc:
+            self.bad_request(exc)
+            return
+        if rest is not None:
+            self.upgrade_rest = rest
+            self.pause(PAUSE_UPGRADE)
+
+    def bad_request(self, exc: ParseError) -> None:
+        self.hctx.stats.http_bad_requests += 1
+        log.info("bad request to %s: %d %s", self.service.name, exc.status, exc.reason)
+        self.http = False  # ignore anything further
+        self.opaque = True
+        self.pause(PAUSE_PIPELINE)
+        if self.current is None:
+            self.reply_bad(exc)
+        else:
+            self.bad = exc
+
+    def reply_bad(self, exc: ParseError) -> None:
+        text = _STATUS_TEXT.get(exc.status, "Bad Request")
+        self.transport.write(local_response(exc.status, text, [], f"{text}\n".encode(), close=True))
+        self.transport.close()
+
+    # RequestSink
+
+    def on_request_head(self, head: RequestHead) -> None:
+        self.requests_seen += 1
+        flow = RequestFlow(self, head)
+        self.parsing = flow
+        if self.current is None:
+            self.current = flow
+            flow.start()
+        else:
+            self.queue.append(flow)
+            self.pause(PAUSE_PIPELINE)
+
+    def on_request_body(self, data: bytes) -> None:
+        flow = self.parsing
+        if flow is not None:
+            self.hctx.stats.outbound.bytes_up += len(data)
+            flow.request_body(data)
+
+    def on_request_complete(self) -> None:
+        flow = self.parsing
+        if flow is not None:
+            flow.request_complete()
+
+    def flow_finished(self, flow: RequestFlow, keep_alive: bool) -> None:
+        if flow is not self.current or self.lost:
+            return
+        self.current = None
+        if self.bad is not None:
+            self.reply_bad(self.bad)
+            return
+        if not keep_alive or (self.client_eof and not self.queue) or self.hctx.draining:
+            self.transport.close()
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            self.current = nxt
+            if not self.queue:
+                self.resume(PAUSE_PIPELINE)
+            nxt.start()
+        else:
+            self.resume(PAUSE_PIPELINE)
+
+    # detection outcomes
+
+    def go_http(self) -> None:
+        self.http = True
+        if self.timer is not None:
+            self.timer.cancel()
+        # Keep-alive idle timeout, checked lazily: one timer per period, not one per request.
+        self.timer = asyncio.get_running_loop().call_later(self.hctx.config.idle_timeout_s, self.idle_tick)
+        if self.eager is not None:
+            eager, self.eager = self.eager, None
+            self.pool.release(eager, True)
+        self.parser = self.hctx.kit.request(self)
+        data, self.buf = self.buf, b""
+        self.feed(data)
+
+    def go_opaque(self) -> None:
+        if self.opaque and self.pipe is not None:
+            return
+        self.opaque = True
+        self.pause(PAUSE_OPAQUE)
+        if self.eager is not None:
+            self.start_pipe(self.eager, [self.buf] if self.buf else [], self.up_first)
+        elif self.eager_task is None and not self.start_eager():
+            self.transport.close()
+
+    def start_eager(self) -> bool:
+        hctx = self.hctx
+        attempts = self.service.routes[-1].retries.attempts if self.service.routes else 0
+        if len(self.eager_tried) > attempts:
+            return False
+        port = self.service.target_port(self.dst[1])
+        ep = choose_endpoint(self.service, self.state, None, self.eager_tried,
+                             asyncio.get_running_loop().time(), hctx.rand)
+        if ep is None or port is None:
+            return False
+        self.eager_tried.add(ep.ip)
+        self.state.breaker.connection_opened()  # counted, but an eager dial is never refused
+        self.eager_task = asyncio.ensure_future(self.eager_connect((ep.ip, port)))
+        return True
+
+    async def eager_connect(self, key: tuple[str, int]) -> None:
+        try:
+            conn = await self.pool.connect(key, self)
+        except ConnectFailed as exc:
+            self.eager_task = None
+            log.info("eager connect to %s failed: %s", self.service.name, exc)
+            if self.lost or self.http:
+                return
+            if not self.start_eager() and self.opaque:
+                self.hctx.stats.connect_failures += 1
+                self.transport.close()
+            return
+        self.eager_task = None
+        if self.lost:
+            self.pool.close(conn)
+        elif self.http:
+            self.pool.release(conn, True)
+        elif self.pipe is None:
+            self.eager = conn
+            if self.opaque or self.up_first:
+                self.start_pipe(conn, [self.buf] if self.buf else [], self.up_first)
+
+    # UpstreamUser, while detecting: the upstream spoke first
+
+    def up_data(self, conn: UpstreamConn, data: bytes) -> None:
+        self.up_first.append(data)
+        if self.eager is conn:
+            self.go_opaque()
+        # else: the connect task has not resumed yet; it sees up_first and pipes
+
+    def up_eof(self, conn: UpstreamConn) -> None:
+        pass
+
+    def up_lost(self, conn: UpstreamConn, exc: Exception | None) -> None:
+        if conn is self.eager:
+            self.eager = None
+
+    def up_pause(self) -> None:
+        pass
+
+    def up_resume(self) -> None:
+        pass
+
+    # the byte pipes
+
+    def start_pipe(self, conn: UpstreamConn, to_up: list[bytes], to_client: list[bytes]) -> None:
+        self.eager = None
+        conn.user = None
+        self.buf = b""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self._pipe_to(conn, self.pool, to_up, to_client)
+
+    def start_upgrade(self, conn: UpstreamConn, pool: ServicePool, rest: bytes) -> None:
+        self.http = False
+        self.current = None
+        to_up = [self.upgrade_rest] if self.upgrade_rest else []
+        self._pipe_to(conn, pool, to_up, [rest] if rest else [])
+
+    def _pipe_to(self, conn: UpstreamConn, pool: ServicePool, to_up: list[bytes], to_client: list[bytes]) -> None:
+        """From here on the connection is a raw byte relay (opaque TCP, or after a 101)."""
+
+        def ended() -> None:
+            pool.drop(conn)
+            self.done()
+
+        self.pipe = Pipe(self.transport, conn.transport, self.hctx.stats.outbound,
+                         self.hctx.config.idle_timeout_s, ended)
+        self.paused = 0
+        self.pipe.start(to_up, to_client, self.client_eof)
+
+
+def take_over(hctx: HttpContext, transport: asyncio.BaseTransport, dst: tuple[str, int]) -> bool:
+    """The relay's hook: True when ``dst`` is a service and this module now owns the connection."""
+    service = hctx.store.lookup(*dst)
+    if service is None:
+        return False
+    ServiceConnection(hctx, cast(asyncio.Transport, transport), dst, service).begin()
+    return True

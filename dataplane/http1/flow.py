@@ -1,0 +1,370 @@
+"""The life of one HTTP request in the client's sidecar: route, fault, breaker, tries, response.
+
+Theory of operation
+-------------------
+A ``RequestFlow`` is made when the client's request head has been parsed. Everything that needs a
+decision happens once per request, in ``start`` and the ``run`` task; bytes move in callbacks
+(``exchange.Exchange``) and never wait for the task.
+
+    start   look the service up in the snapshot current *now* (a reload never touches a request
+            already running), match a route (none: 404 NR), draw the fault (abort: its status, FI)
+    run     fault delay (DI), breaker.try_start_request (full: 503 UO), pick the weighted
+            destination, then tries until one commits or the policy says stop, all under the
+            route timeout (504 UT while nothing was sent to the client)
+    try     choose_endpoint (not the ones already tried while others exist; ejected ones are
+            skipped), pool.acquire (idle keep-alive connection, or a new one within the
+            connect timeout, or wait as pending), write head + replay copy, wait for the
+            outcome under the per-try timeout
+
+A try ends in an ``Outcome``: connect_failure, reset (closed before a complete response head;
+``reused_connection`` says whether the keep-alive connection had served requests before, which
+the policy treats as Envoy's refused-stream: a stale pooled connection is retried under the normal
+attempts and budget, not beyond them), timeout (per-try), or status (a response head). A status
+is decided synchronously in the head callback, because its body bytes follow in the same read:
+either the response is retried (parsing stops, the connection is closed, the body is never seen)
+or it is committed (head written to the client; from then on no retry is possible). Every outcome
+is recorded in the outlier detector.
+
+When the tries are exhausted the last upstream response was already committed (a 5xx with its
+attempts header), or, with no response at all, the client gets 503 URX after retries, else 503 UF
+(connect failure), 504 UT (per-try timeout) or 503 UC (reset). After the response head was sent
+the route timeout still runs (Envoy's route timeout covers the whole response): firing then
+resets the client so a truncated body never looks complete.
+
+``Expect: 100-continue`` is forwarded and the upstream decides: its 100 is relayed (once), and we
+never invent one, so a server that rejects the upload early is heard before the body is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from meshns.dataplane.http1.exchange import Discard, Exchange
+from meshns.dataplane.http1.head import ResponseHead, local_response, serialize_request, serialize_response
+from meshns.dataplane.http1.upstream import ConnectFailed, PoolOverflow, UpstreamConn
+from meshns.dataplane.policy import flags
+from meshns.dataplane.policy.fault import decide_fault
+from meshns.dataplane.policy.outlier import is_failure
+from meshns.dataplane.policy.retry import Outcome, backoff_s, request_replayable, should_retry
+from meshns.dataplane.policy.route import match_route, pick_weighted
+from meshns.dataplane.policy.state import choose_endpoint
+from meshns.snapshot import HttpRoute, Service
+
+if TYPE_CHECKING:
+    from meshns.dataplane.http1.context import HttpContext
+    from meshns.dataplane.http1.downstream import ServiceConnection
+    from meshns.dataplane.http1.head import RequestHead
+
+log = logging.getLogger("meshns.dataplane.http1")
+
+_REASONS = {404: "Not Found", 503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+def _headers_map(head: RequestHead) -> dict[str, str]:
+    return {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in head.headers}
+
+
+class RequestFlow(Exchange):
+    def __init__(self, down: ServiceConnection, head: RequestHead) -> None:
+        self.down = down
+        self.hctx: HttpContext = down.hctx
+        self.head = head
+        self._init_exchange()
+        self.flags: list[str] = []
+        self.tries = 0
+        self.try_ip: str | None = None
+        self.retrying = False
+        self.holding = False
+        self.task: asyncio.Task[None] | None = None
+        self.deadline_handle: asyncio.TimerHandle | None = None
+        self.sent_100 = False
+        self.route: HttpRoute | None = None
+
+    # decisions
+
+    def start(self) -> None:
+        down, head = self.down, self.head
+        service: Service = self.hctx.store.lookup(*down.dst) or down.service
+        self.service = service
+        self.state, self.pool = self.hctx.policy(service)
+        self.state.requests += 1
+        self.hctx.stats.http_requests += 1
+        self.request_bytes = serialize_request(head, down.default_host)
+        routes = service.routes
+        need_headers = any(m.headers for r in routes for m in r.matches)
+        route = match_route(routes, head.method.decode("latin-1"), head.target.decode("latin-1"),
+                            _headers_map(head) if need_headers else {})
+        if route is None:
+            self.local_reply(404, flags.NR)
+            return
+        self.route = route
+        delay_s, abort = decide_fault(route.fault, self.hctx.rand(), self.hctx.rand())
+        if abort is not None:
+            self.local_reply(abort, flags.FI)
+            return
+        self.task = asyncio.ensure_future(self.run(route, delay_s))
+
+    async def run(self, route: HttpRoute, delay_s: float | None) -> None:
+        state = self.state
+        if delay_s is not None:
+            self.flags.append(flags.DI)
+            await asyncio.sleep(delay_s)
+        if not state.breaker.try_start_request():
+            state.overflows += 1
+            self.local_reply(503, flags.UO)
+            return
+        self.holding = True
+        state.active_requests += 1
+        dest = pick_weighted(route.destinations, self.hctx.rand())
+        loop = asyncio.get_running_loop()
+        deadline = None if route.timeout_s is None else loop.time() + route.timeout_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.tries_loop(route, dest.subset)
+        except TimeoutError:
+            state.timeouts += 1
+            self.detach(abort=True)
+            self.end_try()
+            if self.committed:
+                self.late_timeout()
+            else:
+                self.local_reply(504, flags.UT)
+            return
+        if deadline is not None and self.committed and not self.finished:
+            self.deadline_handle = loop.call_at(deadline, self.late_timeout)
+
+    async def tries_loop(self, route: HttpRoute, subset: str | None) -> None:
+        service, state, rand = self.service, self.state, self.hctx.rand
+        loop = asyncio.get_running_loop()
+        port = service.target_port(self.down.dst[1])
+        tried: set[str] = set()
+        last: Outcome | None = None
+        while True:
+            ep = choose_endpoint(service, state, subset, tried, loop.time(), rand)
+            if ep is None or port is None:
+                self.fail(last, flags.UH)
+                return
+            self.tries += 1
+            tried.add(ep.ip)
+            state.try_started(ep.ip)
+            self.try_ip = ep.ip
+            try:
+                outcome = await self.one_try((ep.ip, port), route)
+            except PoolOverflow:
+                self.end_try()
+                state.overflows += 1
+                self.local_reply(503, flags.UO)
+                return
+            if outcome is None:
+                return  # committed: the response streams in callbacks; the try ends with it
+            self.end_try()
+            last = outcome
+            if outcome.kind != "status":  # statuses were recorded and decided in the head callback
+                self.record(ep.ip, outcome)
+                if outcome.kind == "timeout":
+                    state.timeouts += 1
+                if not self.decide_retry(outcome):
+                    self.fail(outcome, "")
+                    return
+            await asyncio.sleep(backoff_s(self.tries, rand()))
+
+    async def one_try(self, key: tuple[str, int], route: HttpRoute) -> Outcome | None:
+        try:
+            up = await self.pool.acquire(key)
+        except ConnectFailed as exc:
+            log.info("connect failed to %s:%d: %s", key[0], key[1], exc)
+            return Outcome.connect_failure()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Outcome | None] = loop.create_future()
+        self.try_future = fut
+        self.attach(up)
+        per_try = route.retries.per_try_timeout_s
+        handle = loop.call_later(per_try, self.try_timed_out, fut) if per_try else None
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if not self.committed:
+                self.detach(abort=True)
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+            self.try_future = None
+
+    def try_timed_out(self, fut: asyncio.Future[Outcome | None]) -> None:
+        if not fut.done() and not self.committed:
+            self.detach(abort=True)
+            fut.set_result(Outcome.timeout())
+
+    def decide_retry(self, outcome: Outcome) -> bool:
+        """Whether to try again; a yes holds a place in the retry budget until the retry ends
+        (from the decision, through the backoff, to the retry's response head or failure)."""
+        self.release_retry()
+        if not self.retry_wanted(outcome):
+            return False
+        self.retrying = True
+        self.state.active_retries += 1
+        self.state.retries += 1
+        return True
+
+    def release_retry(self) -> None:
+        if self.retrying:
+            self.retrying = False
+            self.state.active_retries -= 1
+
+    def retry_wanted(self, outcome: Outcome) -> bool:
+        route, state = self.route, self.state
+        assert route is not None
+        kept = self.replay_size if self.replay is not None else None
+        replayable = request_replayable(self.head.method.decode("latin-1"), kept)
+        if not should_retry(route.retries, outcome, self.tries, replayable, self.committed, True):
+            return False
+        if not state.budget_ok():
+            state.budget_exhausted += 1  # a retry was due but the budget said no: a storm averted
+            return False
+        return True
+
+    def record(self, ip: str, outcome: Outcome) -> None:
+        st = self.state
+        if st.outlier.record(ip, is_failure(outcome), asyncio.get_running_loop().time(),
+                             len(self.service.endpoints)):
+            st.ejections += 1
+            log.info("ejected %s from %s", ip, self.service.name)
+
+    def end_try(self) -> None:
+        if self.try_ip is not None:
+            self.state.try_ended(self.try_ip)
+            self.try_ip = None
+
+    def fail(self, last: Outcome | None, default_flag: str) -> None:
+        if last is None:
+            self.local_reply(503, default_flag or flags.UH)
+        elif last.kind == "timeout":
+            self.local_reply(504, flags.UT)  # as Envoy: the last try timed out, whatever came before
+        elif self.tries > 1:
+            self.local_reply(503, flags.URX)
+        elif last.kind == "reset":
+            self.local_reply(503, flags.UC)
+        else:
+            self.local_reply(503, flags.UF)
+
+    # the response head, from the upstream
+
+    def on_response_head(self, rh: ResponseHead) -> None:
+        status = rh.status
+        if status < 200 and status != 101:
+            if status == 100 and self.head.expect_continue and not self.sent_100 and self.head.minor == 1:
+                self.sent_100 = True
+                self.out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return  # other 1xx are dropped (1.0 clients cannot take them; 103 is only a hint)
+        fut = self.try_future
+        if status == 101:
+            if not self.head.upgrade:
+                self.upstream_broken("101 without an upgrade request")
+                raise Discard
+            self.commit(rh)
+        else:
+            outcome = Outcome.status(status)
+            if self.try_ip is not None:
+                self.record(self.try_ip, outcome)
+            if status >= 400 and self.decide_retry(outcome):
+                self.detach(abort=True)
+                if fut is not None and not fut.done():
+                    fut.set_result(outcome)
+                raise Discard
+            self.commit(rh)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def commit(self, rh: ResponseHead) -> None:
+        self.committed = True
+        self.release_retry()
+        head = self.head
+        self.resp_keep_alive = rh.keep_alive
+        no_body = head.method == b"HEAD" or rh.status in (204, 304) or rh.status == 101
+        keep = head.keep_alive and not head.upgrade
+        if no_body or rh.content_length is not None:
+            self.chunked_out = False
+        elif head.minor == 1:
+            self.chunked_out = True
+        else:
+            self.chunked_out = False
+            keep = False  # close-delimited to an HTTP/1.0 client
+        self.keep_alive = keep
+        extra = [b"%s: %d\r\n" % (flags.ATTEMPTS_HEADER.encode(), self.tries)]
+        if self.flags:
+            extra.append(b"%s: %s\r\n" % (flags.FLAGS_HEADER.encode(), ",".join(self.flags).encode()))
+        self.out.append(serialize_response(
+            rh, extra, chunked=self.chunked_out, close=not keep and rh.status != 101,
+            keep_alive_10=keep and head.minor == 0))
+
+    def upgraded(self, conn: UpstreamConn, rest: bytes) -> None:
+        self.up = None
+        conn.user = None
+        self.end_try()
+        self.release_retry()
+        self.release_request()
+        self.finished = True
+        self.down.start_upgrade(conn, self.pool, rest)
+
+    # endings
+
+    def note_flag(self, flag: str) -> None:
+        self.flags.append(flag)
+
+    def local_reply(self, status: int, flag: str) -> None:
+        self.hctx.stats.http_local_replies += 1
+        if self.committed:
+            self.down.abort()
+            return
+        self.committed = True
+        self.flags.append(flag)
+        extra = [b"%s: %s\r\n" % (flags.FLAGS_HEADER.encode(), ",".join(self.flags).encode())]
+        if self.tries:
+            extra.append(b"%s: %d\r\n" % (flags.ATTEMPTS_HEADER.encode(), self.tries))
+        head = self.head
+        body_done = self.req_complete or (not head.chunked and not head.content_length)
+        keep = head.keep_alive and body_done and head.minor == 1 and not head.upgrade
+        reason = _REASONS.get(status, "Fault Injected" if flag == flags.FI else "Error")
+        body = f"meshns: {reason.lower()} ({','.join(self.flags)})\n".encode()
+        if self.head.method == b"HEAD":
+            body = b""
+        self.down.transport.write(local_response(status, reason, extra, body, close=not keep))
+        self.finish(keep)
+
+    def late_timeout(self) -> None:
+        if self.finished:
+            return
+        self.flags.append(flags.UT)
+        self.state.timeouts += 1
+        self.detach(abort=True)
+        self.down.abort()
+
+    def release_request(self) -> None:
+        if self.holding:
+            self.holding = False
+            self.state.breaker.end_request()
+            self.state.active_requests -= 1
+        if self.deadline_handle is not None:
+            self.deadline_handle.cancel()
+            self.deadline_handle = None
+
+    def finish(self, keep_alive: bool) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.end_try()
+        self.release_retry()
+        self.release_request()
+        self.down.flow_finished(self, keep_alive)
+
+    def downstream_lost(self) -> None:
+        if self.finished:
+            return
+        self.flags.append(flags.DC)
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        self.detach(abort=True)
+        self.finish(False)

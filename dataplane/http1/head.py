@@ -1,0 +1,171 @@
+"""Message heads: what both parsers produce, the checks both apply, and the bytes we write.
+
+Both parser adapters hand their raw header list (wire case and order) to ``request_head`` /
+``response_head``, so framing and smuggling checks are made once, identically, whichever parser
+ran. Serialisation writes the kept headers back byte for byte (case and order preserved) and drops
+only hop-by-hop headers: Connection and every header it lists, Keep-Alive, Proxy-Connection, TE,
+Trailer, Transfer-Encoding (the proxy re-frames bodies itself) and Upgrade (kept for upgrades).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+MAX_HEAD_BYTES: Final = 64 * 1024
+MAX_HEADERS: Final = 100
+
+Headers = list[tuple[bytes, bytes]]
+
+HOP_BY_HOP: Final = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+    b"upgrade",
+})
+
+
+class ParseError(Exception):
+    """The peer sent something we will not forward; ``status`` is the answer a client gets."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class RequestHead:
+    method: bytes
+    target: bytes
+    minor: int  # HTTP/1.<minor>
+    headers: Headers
+    content_length: int | None
+    chunked: bool
+    keep_alive: bool
+    upgrade: bool  # Connection: upgrade with an Upgrade header
+    expect_continue: bool
+    conn_tokens: frozenset[bytes]
+    host: bytes | None
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    status: int
+    reason: bytes
+    minor: int
+    headers: Headers
+    content_length: int | None
+    chunked: bool
+    keep_alive: bool
+    conn_tokens: frozenset[bytes]
+
+
+def _framing(headers: Headers) -> tuple[int | None, bytes | None, frozenset[bytes], bytes | None, bytes | None]:
+    """(content-length, transfer-encoding, connection tokens, host, expect); raises ParseError on
+    ambiguity (the request smuggling shapes: CL with TE, two CLs, two TEs)."""
+    if len(headers) > MAX_HEADERS:
+        raise ParseError(431, "too many headers")
+    cl: int | None = None
+    te: bytes | None = None
+    tokens: set[bytes] = set()
+    host = expect = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"content-length":
+            if cl is not None:
+                raise ParseError(400, "duplicate Content-Length")
+            v = value.strip()
+            if not v.isdigit() or len(v) > 18:
+                raise ParseError(400, "bad Content-Length")
+            cl = int(v)
+        elif lname == b"transfer-encoding":
+            if te is not None:
+                raise ParseError(400, "duplicate Transfer-Encoding")
+            te = value.strip().lower()
+        elif lname == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+        elif lname == b"host":
+            if host is not None:
+                raise ParseError(400, "duplicate Host")
+            host = value
+        elif lname == b"expect":
+            expect = value.strip().lower()
+    if te is not None and cl is not None:
+        raise ParseError(400, "Content-Length with Transfer-Encoding")
+    tokens.discard(b"")
+    return cl, te, frozenset(tokens), host, expect
+
+
+def request_head(method: bytes, target: bytes, minor: int, headers: Headers) -> RequestHead:
+    cl, te, tokens, host, expect = _framing(headers)
+    if te is not None and te != b"chunked":
+        raise ParseError(501, "unsupported Transfer-Encoding")
+    chunked = te is not None
+    if minor == 1 and host is None:
+        raise ParseError(400, "HTTP/1.1 request without Host")
+    keep_alive = b"close" not in tokens and (minor == 1 or b"keep-alive" in tokens)
+    upgrade = b"upgrade" in tokens and any(n.lower() == b"upgrade" for n, _ in headers)
+    return RequestHead(method, target, minor, headers, cl, chunked, keep_alive, upgrade,
+                       expect == b"100-continue", tokens, host)
+
+
+def response_head(status: int, reason: bytes, minor: int, headers: Headers) -> ResponseHead:
+    cl, te, tokens, _, _ = _framing(headers)
+    # A coding other than chunked alone: the body runs to the close (RFC 9112 6.3).
+    chunked = te == b"chunked"
+    keep_alive = (b"close" not in tokens) if minor == 1 else (b"keep-alive" in tokens)
+    if not chunked and cl is None and status >= 200 and status not in (204, 304):
+        keep_alive = False  # close-delimited
+    return ResponseHead(status, reason, minor, headers, cl, chunked, keep_alive, tokens)
+
+
+def _kept(headers: Headers, tokens: frozenset[bytes], keep_upgrade: bool) -> list[bytes]:
+    out: list[bytes] = []
+    for name, value in headers:
+        lname = name.lower()
+        if (lname in HOP_BY_HOP or lname in tokens) and not (keep_upgrade and lname == b"upgrade"):
+            continue
+        out += (name, b": ", value, b"\r\n")
+    return out
+
+
+def serialize_request(head: RequestHead, default_host: bytes) -> bytes:
+    """The request as sent upstream: always HTTP/1.1, keep-alive, bodies chunked or length-framed."""
+    parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
+    parts += _kept(head.headers, head.conn_tokens, head.upgrade)
+    if head.host is None:
+        parts.append(b"Host: " + default_host + b"\r\n")
+    if head.upgrade:
+        parts.append(b"Connection: upgrade\r\n")
+    if head.chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def serialize_response(head: ResponseHead, extra: list[bytes], *, chunked: bool, close: bool,
+                       keep_alive_10: bool) -> bytes:
+    """The response as sent downstream. ``extra`` holds ready header lines (b"name: value\\r\\n")."""
+    upgrade = head.status == 101
+    parts = [b"HTTP/1.1 %d " % head.status, head.reason, b"\r\n"]
+    parts += _kept(head.headers, head.conn_tokens, upgrade)
+    parts += extra
+    if upgrade:
+        parts.append(b"Connection: upgrade\r\n")
+    elif close:
+        parts.append(b"Connection: close\r\n")
+    elif keep_alive_10:
+        parts.append(b"Connection: keep-alive\r\n")
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def local_response(status: int, reason: str, extra: list[bytes], body: bytes, *, close: bool) -> bytes:
+    """A response the sidecar makes itself (errors, faults)."""
+    parts = [f"HTTP/1.1 {status} {reason}\r\n".encode("ascii"), b"content-type: text/plain\r\n",
+             b"content-length: %d\r\n" % len(body), *extra]
+    if close:
+        parts.append(b"connection: close\r\n")
+    parts += (b"\r\n", body)
+    return b"".join(parts)

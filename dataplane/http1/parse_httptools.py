@@ -1,0 +1,159 @@
+"""The hot-path parser: httptools (llhttp). Body callbacks are bound straight to the sink."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import httptools
+
+from meshns.dataplane.http1.head import (
+    MAX_HEAD_BYTES,
+    MAX_HEADERS,
+    Headers,
+    ParseError,
+    request_head,
+    response_head,
+)
+from meshns.dataplane.http1.parser import RequestSink, ResponseSink
+
+_HEADER_OVERHEAD: Final = 4  # ": " and CRLF
+
+
+def _too_large() -> ParseError:
+    return ParseError(431, "request head too large")
+
+
+class _Base:
+    """Head collection shared by both directions."""
+
+    def __init__(self) -> None:
+        self._url = b""
+        self._headers: Headers = []
+        self._size = 0
+        self._in_head = True
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._size = 0
+        self._in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._size += len(url)
+        if self._size > MAX_HEAD_BYTES:
+            raise _too_large()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a chunked trailer field: dropped (trailers are not forwarded)
+        # llhttp keeps trailing whitespace in the value; it is not part of it (RFC 9110 5.5).
+        self._headers.append((name, value.rstrip(b" \t")))
+        self._size += len(name) + len(value) + _HEADER_OVERHEAD
+        if self._size > MAX_HEAD_BYTES:
+            raise _too_large()
+        if len(self._headers) > MAX_HEADERS:
+            raise ParseError(431, "too many headers")
+
+    def _feed(self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, data: bytes,
+              bad_status: int) -> bytes | None:
+        """Feed llhttp; returns the bytes after an upgrade's head, maps its errors to ParseError."""
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            return data[exc.args[0]:]
+        except httptools.HttpParserCallbackError as exc:
+            raise _unwrap(exc) from None
+        except httptools.HttpParserError as exc:
+            raise ParseError(bad_status, str(exc)) from None
+        self._check_pending_head(len(data))
+        return None
+
+    def _check_pending_head(self, data_len: int) -> None:
+        # llhttp keeps a partial header line in its own buffer; bound it by what we fed.
+        if self._in_head:
+            self._size += data_len
+            if self._size > MAX_HEAD_BYTES + MAX_HEAD_BYTES:
+                raise _too_large()
+
+
+def _unwrap(exc: httptools.HttpParserCallbackError) -> BaseException:
+    ctx = exc.__context__
+    return ctx if ctx is not None else exc
+
+
+class RequestParserLL(_Base):
+    def __init__(self, sink: RequestSink) -> None:
+        super().__init__()
+        self._sink = sink
+        self.on_body = sink.on_request_body  # the hot path: llhttp calls the sink directly
+        self.on_message_complete = sink.on_request_complete
+        self._p = httptools.HttpRequestParser(self)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        p = self._p
+        minor = 0 if p.get_http_version() == "1.0" else 1
+        self._sink.on_request_head(request_head(p.get_method(), self._url, minor, self._headers))
+
+    def feed(self, data: bytes) -> bytes | None:
+        return self._feed(self._p, data, 400)
+
+
+class ResponseParserLL(_Base):
+    def __init__(self, sink: ResponseSink, head_request: bool, upgrade: bool) -> None:
+        super().__init__()
+        self._sink = sink
+        self._no_body = head_request
+        self._done = False
+        self._info = False
+        self._close_delimited = False
+        self.on_body = self._drop if head_request else sink.on_response_body
+        self._p = httptools.HttpResponseParser(self)
+
+    def _drop(self, data: bytes) -> None:
+        pass
+
+    def on_message_begin(self) -> None:
+        if self._done:
+            raise ParseError(502, "bytes after the response")
+        super().on_message_begin()
+
+    def on_status(self, reason: bytes) -> None:
+        self._url += reason
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        p = self._p
+        minor = 0 if p.get_http_version() == "1.0" else 1
+        status = p.get_status_code()
+        head = response_head(status, self._url, minor, self._headers)
+        self._info = 100 <= status < 200
+        self._close_delimited = not head.keep_alive and head.content_length is None and not head.chunked
+        self._sink.on_response_head(head)
+        if self._no_body and not self._info:
+            # llhttp does not know the request was HEAD; the head is the whole response.
+            self._done = True
+            self._sink.on_response_complete()
+
+    def on_message_complete(self) -> None:
+        if self._info:
+            self._info = False
+            return
+        if not self._done:
+            self._done = True
+            self._sink.on_response_complete()
+
+    def feed(self, data: bytes) -> bytes | None:
+        if self._done:
+            return None
+        return self._feed(self._p, data, 502)  # a malformed response is the upstream's fault: 502
+
+    def feed_eof(self) -> None:
+        if self._done:
+            return
+        if not self._in_head and self._close_delimited:
+            self._done = True
+            self._sink.on_response_complete()
+            return
+        raise ParseError(502, "upstream closed mid-response")

@@ -1,0 +1,87 @@
+"""The detector on every prefix of real request lines and of non-HTTP captures."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshns.dataplane.http1.detect import DETECT_LIMIT, Http1, NeedMore, Opaque, detect
+
+HTTP_CAPTURES = [
+    b"GET / HTTP/1.1\r\nHost: reviews:9080\r\n\r\n",
+    b"POST /api/v1/items?x=1&y=%20 HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi",
+    b"HEAD /health HTTP/1.0\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"M-SEARCH * HTTP/1.1\r\n",
+    b"GET http://proxy.example/abs HTTP/1.1\r\n\r\n",
+]
+TLS_CLIENT_HELLO = bytes.fromhex(
+    "16030100f8010000f40303" + "00" * 32 + "20" + "11" * 32 + "0002130101000099")
+OPAQUE_CAPTURES = [
+    TLS_CLIENT_HELLO,
+    b"EHLO mail.example\r\n",  # a method-like token, then a target, then no HTTP version
+    b"*1\r\n$4\r\nPING\r\n",
+    b"\x00\x01\x02\x03binary",
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    b"GET / HTTP/1.2\r\n",
+    b"GET / HTTP/1.1\n",
+    b"GET  / HTTP/1.1\r\n",
+    b"GET / HTTP/1.1 \r\n",
+    b" GET / HTTP/1.1\r\n",
+    b"SSH-2.0-OpenSSH_9.2\r\n",
+]
+
+
+def _line_end(capture: bytes) -> int:
+    return capture.index(b"\r\n") + 2
+
+
+@pytest.mark.parametrize("capture", HTTP_CAPTURES)
+def test_every_prefix_of_a_request_line(capture: bytes) -> None:
+    end = _line_end(capture)
+    for n in range(len(capture) + 1):
+        got = detect(capture[:n])
+        if n < end:
+            assert got == NeedMore(), (n, capture[:n])
+        else:
+            assert got == Http1(capture.split(b" ", 1)[0]), (n, capture[:n])
+
+
+@pytest.mark.parametrize("capture", OPAQUE_CAPTURES)
+def test_every_prefix_of_non_http(capture: bytes) -> None:
+    results = [detect(capture[:n]) for n in range(len(capture) + 1)]
+    assert all(not isinstance(r, Http1) for r in results)
+    assert isinstance(results[-1], Opaque), capture
+    # once opaque, always opaque: more bytes never turn it back
+    first = next(i for i, r in enumerate(results) if isinstance(r, Opaque))
+    assert all(isinstance(r, Opaque) for r in results[first:])
+
+
+def test_ehlo_needs_more_until_it_cannot_be_http() -> None:
+    assert detect(b"EHLO") == NeedMore()
+    assert detect(b"EHLO mail") == NeedMore()  # could still be "EHLO mail HTTP/1.1"
+    assert isinstance(detect(b"EHLO mail.example\r\n"), Opaque)
+
+
+def test_limit_without_line_end_is_opaque() -> None:
+    assert detect(b"GET /" + b"a" * (DETECT_LIMIT - 10)) == NeedMore()
+    assert isinstance(detect(b"GET /" + b"a" * DETECT_LIMIT), Opaque)
+    assert isinstance(detect(b"A" * DETECT_LIMIT), Opaque)
+
+
+@given(st.binary(max_size=200))
+def test_never_raises_and_only_documented_results(data: bytes) -> None:
+    got = detect(data)
+    assert isinstance(got, (Http1, Opaque, NeedMore))
+    if isinstance(got, Http1):
+        assert data.startswith(got.method + b" ")
+        assert b"\r\n" in data
+
+
+@given(st.binary(max_size=100), st.binary(max_size=100))
+def test_opaque_is_final(a: bytes, b: bytes) -> None:
+    if isinstance(detect(a), Opaque) and len(a) < DETECT_LIMIT:
+        assert isinstance(detect(a + b), Opaque)
+    if isinstance(detect(a), Http1):
+        assert detect(a + b) == detect(a)
