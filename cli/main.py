@@ -8,12 +8,14 @@ from typing import Any
 
 import click
 
+from meshns.cli import config_cmds
 from meshns.cli.output import emit, table
 from meshns.config import ConfigRequest
 from meshns.errors import MeshnsError, NotFoundError, UserError
 from meshns.intercept.spec import parse_cidr_list, parse_port_list
 from meshns.mesh import Mesh, require_root
 from meshns.model import PodSpec, PodState
+from meshns.names import parse_label, parse_service_decl
 from meshns.netns import gc as gc_mod
 from meshns.netns import lifecycle, status
 
@@ -50,14 +52,20 @@ def cli(ctx: click.Context, state_dir: str | None, bridge: str | None, pod_cidr:
               help="Comma-separated destination ranges not sent through the sidecar.")
 @click.option("--ready-timeout", default=10.0, show_default=True, type=float,
               help="Seconds to wait for the sidecar and the validation probes.")
+@click.option("--service", "services", multiple=True, metavar="NAME:PORT[:TARGET]",
+              help="Serve service NAME's PORT (on TARGET_PORT in the pod). Repeatable.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="Pod label, e.g. version=v2 (DestinationRule subsets select on them). Repeatable.")
 @click.option("--dry-run", is_flag=True, help="Print the namespace plan and the rules; change nothing.")
 @click.pass_context
 def create(ctx: click.Context, name: str, app: tuple[str, ...], exclude_outbound_ports: str,
            exclude_inbound_ports: str, exclude_outbound_cidrs: str, ready_timeout: float,
-           dry_run: bool) -> None:
+           services: tuple[str, ...], labels: tuple[str, ...], dry_run: bool) -> None:
     """Create pod NAME (optionally running APP inside it: create NAME -- CMD ARGS...)."""
     spec = PodSpec(
         app=tuple(app),
+        services=tuple(parse_service_decl(s) for s in services),
+        labels=tuple(sorted(dict(parse_label(x) for x in labels).items())),
         exclude_outbound_ports=parse_port_list(exclude_outbound_ports),
         exclude_inbound_ports=parse_port_list(exclude_inbound_ports),
         exclude_outbound_cidrs=parse_cidr_list(exclude_outbound_cidrs),
@@ -75,10 +83,20 @@ def create(ctx: click.Context, name: str, app: tuple[str, ...], exclude_outbound
 
 
 @cli.command()
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1)
+@click.option("-f", "--filename", help="Delete the config documents in this file instead of pods.")
 @click.pass_context
-def delete(ctx: click.Context, names: tuple[str, ...]) -> None:
-    """Delete pods: app stopped, sidecar stopped, namespace, veth and rules removed."""
+def delete(ctx: click.Context, names: tuple[str, ...], filename: str | None) -> None:
+    """Delete pods (app stopped, sidecar stopped, namespace, veth and rules removed), or with
+    -f FILE the applied config documents it names."""
+    if filename is not None:
+        if names:
+            raise UserError("give pod names or -f FILE, not both")
+        for kind, name, found in config_cmds.delete_file(_mesh(ctx), filename):
+            click.echo(f"{kind.lower()}/{name} {'deleted' if found else 'not found'}")
+        return
+    if not names:
+        raise UserError("nothing to delete: give pod names or -f FILE")
     require_root("meshns delete")
     mesh = _mesh(ctx)
     for name in names:
@@ -175,6 +193,9 @@ def gc(ctx: click.Context) -> None:
     mesh = _mesh(ctx)
     done = gc_mod.gc(mesh)
     click.echo("\n".join(done) if done else "nothing to clean")
+
+
+config_cmds.register(cli, _mesh, OUTPUT)
 
 
 def main() -> None:

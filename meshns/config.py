@@ -1,6 +1,7 @@
 """The mesh instance a command works on: state directory, bridge, pod CIDR, namespace prefix.
 
-Everything that would let two meshes on one host collide is configurable, so tests (and later,
+Everything that would let two meshes on one host collide (state directory, bridge, pod and
+service CIDRs, namespace prefix) is configurable, so tests (and later,
 simulated hosts) each get their own. The first command that initialises a state directory
 records its bridge, CIDR and prefix in the registry; later commands read them back, and an
 explicit option that disagrees with what is recorded is refused rather than silently mixing two
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from meshns.errors import ConflictError
+from meshns.errors import ConflictError, UserError
 from meshns.names import validate_ifname, validate_ns_prefix
 from meshns.netns.ipam import parse_pod_cidr
 
@@ -25,12 +26,14 @@ DEFAULT_STATE_DIR = "/var/lib/meshns"
 DEFAULT_BRIDGE = "meshns0"
 DEFAULT_POD_CIDR = "10.188.0.0/16"
 DEFAULT_NS_PREFIX = "meshns-"
+DEFAULT_SERVICE_CIDR = "10.189.0.0/16"
 
 ENV = {
     "state_dir": "MESHNS_STATE_DIR",
     "bridge": "MESHNS_BRIDGE",
     "pod_cidr": "MESHNS_POD_CIDR",
     "ns_prefix": "MESHNS_NS_PREFIX",
+    "service_cidr": "MESHNS_SERVICE_CIDR",
 }
 
 
@@ -40,6 +43,7 @@ class MeshConfig:
     bridge: str
     pod_cidr: IPv4Network
     ns_prefix: str
+    service_cidr: IPv4Network = IPv4Network(DEFAULT_SERVICE_CIDR)  # noqa: RUF009 - immutable
 
     @property
     def registry_path(self) -> Path:
@@ -61,6 +65,7 @@ class ConfigRequest:
     bridge: str | None = None
     pod_cidr: str | None = None
     ns_prefix: str | None = None
+    service_cidr: str | None = None
 
     def with_env(self, environ: dict[str, str] | None = None) -> ConfigRequest:
         env = os.environ if environ is None else environ
@@ -69,6 +74,7 @@ class ConfigRequest:
             bridge=self.bridge or env.get(ENV["bridge"]) or None,
             pod_cidr=self.pod_cidr or env.get(ENV["pod_cidr"]) or None,
             ns_prefix=self.ns_prefix if self.ns_prefix is not None else env.get(ENV["ns_prefix"]),
+            service_cidr=self.service_cidr or env.get(ENV["service_cidr"]) or None,
         )
 
 
@@ -77,7 +83,7 @@ def resolve(request: ConfigRequest, recorded: dict[str, str]) -> MeshConfig:
     state_dir = Path(request.state_dir or DEFAULT_STATE_DIR).absolute()
     values: dict[str, str] = {}
     for key, default in (("bridge", DEFAULT_BRIDGE), ("pod_cidr", DEFAULT_POD_CIDR),
-                         ("ns_prefix", DEFAULT_NS_PREFIX)):
+                         ("ns_prefix", DEFAULT_NS_PREFIX), ("service_cidr", DEFAULT_SERVICE_CIDR)):
         asked: str | None = getattr(request, key)
         have = recorded.get(key)
         if asked is not None and have is not None and asked != have:
@@ -91,8 +97,17 @@ def resolve(request: ConfigRequest, recorded: dict[str, str]) -> MeshConfig:
         bridge=validate_ifname(values["bridge"], "bridge name"),
         pod_cidr=parse_pod_cidr(values["pod_cidr"]),
         ns_prefix=validate_ns_prefix(values["ns_prefix"]),
+        service_cidr=_service_cidr(values["service_cidr"], values["pod_cidr"]),
     )
 
 
+def _service_cidr(text: str, pod_cidr: str) -> IPv4Network:
+    net = parse_pod_cidr(text)
+    if net.overlaps(parse_pod_cidr(pod_cidr)):
+        raise UserError(f"service CIDR {net} overlaps the pod CIDR {pod_cidr}")
+    return net
+
+
 def to_record(cfg: MeshConfig) -> dict[str, str]:
-    return {"bridge": cfg.bridge, "pod_cidr": str(cfg.pod_cidr), "ns_prefix": cfg.ns_prefix}
+    return {"bridge": cfg.bridge, "pod_cidr": str(cfg.pod_cidr), "ns_prefix": cfg.ns_prefix,
+            "service_cidr": str(cfg.service_cidr)}

@@ -15,6 +15,23 @@ class PodState(StrEnum):
 
 
 @dataclass(frozen=True)
+class ServicePortDecl:
+    """``--service NAME:PORT[:TARGET_PORT]``: the pod serves NAME's PORT on TARGET_PORT."""
+
+    service: str
+    port: int
+    target_port: int
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    name: str
+    vip: IPv4Address
+    ports: tuple[tuple[int, int], ...]  # (port, target_port)
+    created_at: float
+
+
+@dataclass(frozen=True)
 class PodSpec:
     """What the user asked for at create time (everything needed to rebuild the pod's plans)."""
 
@@ -23,6 +40,7 @@ class PodSpec:
     exclude_inbound_ports: tuple[int, ...] = ()
     exclude_outbound_cidrs: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = field(default=())
+    services: tuple[ServicePortDecl, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -36,6 +54,8 @@ class PodSpec:
             exclude_inbound_ports=tuple(raw.get("exclude_inbound_ports", ())),
             exclude_outbound_cidrs=tuple(raw.get("exclude_outbound_cidrs", ())),
             labels=tuple((str(k), str(v)) for k, v in raw.get("labels", ())),
+            services=tuple(ServicePortDecl(str(d["service"]), int(d["port"]), int(d["target_port"]))
+                           for d in raw.get("services", ())),
         )
 
 

@@ -12,6 +12,7 @@ import hashlib
 import re
 
 from meshns.errors import UserError
+from meshns.model import ServicePortDecl
 
 POD_NAME_MAX = 40
 _POD_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
@@ -30,6 +31,39 @@ def validate_pod_name(name: str) -> str:
             "(like a DNS label)"
         )
     return name
+
+
+def validate_service_name(name: str) -> str:
+    try:
+        return validate_pod_name(name)
+    except UserError as exc:
+        raise UserError(str(exc).replace("pod name", "service name")) from None
+
+
+def parse_service_decl(text: str) -> ServicePortDecl:
+    """``NAME:PORT`` or ``NAME:PORT:TARGET_PORT`` (the pod listens on TARGET_PORT)."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise UserError(f"--service {text!r}: expected NAME:PORT or NAME:PORT:TARGET_PORT")
+    name = validate_service_name(parts[0])
+    ports = []
+    for p in parts[1:]:
+        if not p.isdigit() or not 1 <= int(p) <= 65535:
+            raise UserError(f"--service {text!r}: {p!r} is not a port (1-65535)")
+        ports.append(int(p))
+    return ServicePortDecl(name, ports[0], ports[-1])
+
+
+_LABEL_KEY_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?")
+_LABEL_VALUE_RE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?")
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` with Kubernetes' label rules (so Istio subsets' labels mean the same)."""
+    key, sep, value = text.partition("=")
+    if not sep or not _LABEL_KEY_RE.fullmatch(key) or not _LABEL_VALUE_RE.fullmatch(value):
+        raise UserError(f"--label {text!r}: expected KEY=VALUE (letters, digits, '.', '_', '-')")
+    return key, value
 
 
 def validate_ifname(name: str, what: str = "interface name") -> str:

@@ -9,12 +9,24 @@ transaction here, a compare-and-create transaction in etcd).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Protocol
 
-from meshns.model import PodRecord, PodSpec, PodState
+from meshns.model import PodRecord, PodSpec, PodState, ServiceRecord
 
 Allocator = Callable[[set[IPv4Address]], IPv4Address]
+
+
+@dataclass(frozen=True)
+class ConfigRow:
+    """An applied config document (Istio YAML), stored as JSON text."""
+
+    kind: str
+    namespace: str
+    name: str
+    doc: str
+    applied_at: float = 0.0
 
 
 class Registry(Protocol):
@@ -37,5 +49,22 @@ class Registry(Protocol):
     def list_pods(self) -> list[PodRecord]: ...
 
     def remove_pod(self, name: str) -> None: ...
+
+    def generation(self) -> int:
+        """A counter moved on by every change sidecars can see (the snapshot version)."""
+        ...
+
+    def ensure_service(self, name: str, ports: tuple[tuple[int, int], ...],
+                       allocate_vip: Allocator) -> ServiceRecord: ...
+
+    def list_services(self) -> list[ServiceRecord]: ...
+
+    def remove_service(self, name: str) -> bool: ...
+
+    def put_configs(self, rows: list[ConfigRow]) -> None: ...
+
+    def list_configs(self) -> list[ConfigRow]: ...
+
+    def delete_configs(self, keys: list[tuple[str, str, str]]) -> int: ...
 
     def close(self) -> None: ...

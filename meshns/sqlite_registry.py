@@ -9,16 +9,20 @@ read while a create is in progress.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import TypeVar
 
 from meshns.errors import ConflictError, RegistryError
-from meshns.model import PodRecord, PodSpec, PodState
-from meshns.registry import Allocator
+from meshns.model import PodRecord, PodSpec, PodState, ServiceRecord
+from meshns.registry import Allocator, ConfigRow
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -33,6 +37,21 @@ CREATE TABLE IF NOT EXISTS pods (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS services (
+    name TEXT PRIMARY KEY,
+    vip TEXT NOT NULL UNIQUE,
+    ports TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS configs (
+    kind TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    applied_at REAL NOT NULL,
+    PRIMARY KEY (kind, namespace, name)
+);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '0');
 """
 
 
@@ -85,7 +104,24 @@ class SqliteRegistry:
             raise _map_error(exc, self.path, self.busy_timeout_s) from exc
 
     def get_meta(self) -> dict[str, str]:
-        return {str(k): str(v) for k, v in self._read("SELECT key, value FROM meta")}
+        return {str(k): str(v) for k, v in self._read("SELECT key, value FROM meta")
+                if k != "generation"}
+
+    def generation(self) -> int:
+        rows = self._read("SELECT value FROM meta WHERE key = 'generation'")
+        return int(str(rows[0][0])) if rows else 0
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection) -> None:
+        """Every change a sidecar can see moves the generation on; snapshots carry it."""
+        db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+
+    def _txn(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            with self._write() as db:
+                return fn(db)
+        except sqlite3.Error as exc:
+            raise _map_error(exc, self.path, self.busy_timeout_s) from exc
 
     def set_meta_if_absent(self, values: dict[str, str]) -> dict[str, str]:
         try:
@@ -126,6 +162,7 @@ class SqliteRegistry:
                     "UPDATE pods SET state = ?, owner_pid = ?, updated_at = ? WHERE name = ?",
                     (state.value, owner_pid, time.time(), name),
                 )
+                self._bump(db)
         except sqlite3.Error as exc:
             raise _map_error(exc, self.path, self.busy_timeout_s) from exc
 
@@ -153,8 +190,82 @@ class SqliteRegistry:
         try:
             with self._write() as db:
                 db.execute("DELETE FROM pods WHERE name = ?", (name,))
+                self._bump(db)
         except sqlite3.Error as exc:
             raise _map_error(exc, self.path, self.busy_timeout_s) from exc
+
+    # -- services ----------------------------------------------------------------------------
+    def ensure_service(self, name: str, ports: tuple[tuple[int, int], ...],
+                       allocate_vip: Allocator) -> ServiceRecord:
+        """Create the service with a fresh VIP, or add ports to it; a port already mapped to
+        another target port is a conflict."""
+
+        def txn(db: sqlite3.Connection) -> ServiceRecord:
+            row = db.execute("SELECT vip, ports, created_at FROM services WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                used = {IPv4Address(str(r[0])) for r in db.execute("SELECT vip FROM services")}
+                vip, now = allocate_vip(used), time.time()
+                db.execute("INSERT INTO services (name, vip, ports, created_at) VALUES (?, ?, ?, ?)",
+                           (name, str(vip), json.dumps(sorted(ports)), now))
+                self._bump(db)
+                return ServiceRecord(name, vip, tuple(sorted(ports)), now)
+            have = {int(p): int(t) for p, t in json.loads(row[1])}
+            for port, target in ports:
+                if have.get(port, target) != target:
+                    raise ConflictError(f"service {name!r} maps port {port} to {have[port]}, not {target}")
+            merged = tuple(sorted({**have, **dict(ports)}.items()))
+            if len(merged) != len(have):
+                db.execute("UPDATE services SET ports = ? WHERE name = ?", (json.dumps(merged), name))
+                self._bump(db)
+            return ServiceRecord(name, IPv4Address(str(row[0])), merged, float(row[2]))
+
+        return self._txn(txn)
+
+    def list_services(self) -> list[ServiceRecord]:
+        rows = self._read("SELECT name, vip, ports, created_at FROM services ORDER BY name")
+        return [ServiceRecord(str(n), IPv4Address(str(v)),
+                              tuple((int(p), int(t)) for p, t in json.loads(str(ps))), float(str(c)))
+                for n, v, ps, c in rows]
+
+    def remove_service(self, name: str) -> bool:
+        def txn(db: sqlite3.Connection) -> bool:
+            gone = db.execute("DELETE FROM services WHERE name = ?", (name,)).rowcount > 0
+            if gone:
+                self._bump(db)
+            return gone
+
+        return self._txn(txn)
+
+    # -- applied config ------------------------------------------------------------------------
+    def put_configs(self, rows: list[ConfigRow]) -> None:
+        """Store documents all together or not at all (one transaction)."""
+
+        def txn(db: sqlite3.Connection) -> None:
+            now = time.time()
+            for r in rows:
+                old = db.execute("SELECT applied_at, doc FROM configs WHERE kind = ? AND namespace = ? AND"
+                                 " name = ?", (r.kind, r.namespace, r.name)).fetchone()
+                # Re-applying keeps the original order (oldest first decides between rivals).
+                applied = float(old[0]) if old else now
+                db.execute("INSERT OR REPLACE INTO configs (kind, namespace, name, doc, applied_at)"
+                           " VALUES (?, ?, ?, ?, ?)", (r.kind, r.namespace, r.name, r.doc, applied))
+            self._bump(db)
+
+        self._txn(txn)
+
+    def list_configs(self) -> list[ConfigRow]:
+        return [ConfigRow(str(k), str(ns), str(n), str(d), float(str(a))) for k, ns, n, d, a in self._read(
+            "SELECT kind, namespace, name, doc, applied_at FROM configs ORDER BY applied_at, kind, name")]
+
+    def delete_configs(self, keys: list[tuple[str, str, str]]) -> int:
+        def txn(db: sqlite3.Connection) -> int:
+            n = sum(db.execute("DELETE FROM configs WHERE kind = ? AND namespace = ? AND name = ?",
+                               key).rowcount for key in keys)
+            if n:
+                self._bump(db)
+            return n
+
+        return self._txn(txn)
 
     def close(self) -> None:
         self._db.close()

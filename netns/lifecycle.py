@@ -21,9 +21,10 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 
 from meshns.config import MeshConfig
-from meshns.errors import ConflictError, MeshnsError, NotFoundError, SystemFailure
+from meshns.errors import ConflictError, MeshnsError, NotFoundError, SystemFailure, UserError
 from meshns.intercept.apply import apply_in_netns, read_installed_in_netns
 from meshns.intercept.plan import RulePlan, plan_rules
 from meshns.intercept.render import render_save
@@ -33,7 +34,9 @@ from meshns.model import PodRecord, PodSpec, PodState
 from meshns.names import netns_name, validate_pod_name, veth_host_name
 from meshns.netns import apply, files, hostguard, ipam, procs, supervisor
 from meshns.netns.plan import PodNetPlan, plan_pod_network, render_plan
+from meshns.netns.publish import publish
 
+ENDPOINT_REMOVAL_GRACE_S = 0.6
 SUPERVISOR_STOP_S = supervisor.APP_GRACE_S + supervisor.SIDECAR_GRACE_S + 2.0
 
 
@@ -75,6 +78,7 @@ def dry_run(cfg: MeshConfig, pods: list[PodRecord], name: str, spec: PodSpec) ->
 def create(mesh: Mesh, name: str, spec: PodSpec, ready_timeout_s: float = 10.0) -> CreateResult:
     validate_pod_name(name)
     rules = plan_rules(intercept_spec(spec))  # bad exclusions fail before anything is made
+    _check_services(spec)
     started = time.monotonic()
     ns = netns_name(mesh.cfg.ns_prefix, name)
     veth = veth_host_name(ns)
@@ -85,6 +89,11 @@ def create(mesh: Mesh, name: str, spec: PodSpec, ready_timeout_s: float = 10.0) 
         try:
             apply.ensure_bridge(mesh.cfg.bridge, ipam.gateway_interface(mesh.cfg.pod_cidr))
             hostguard.ensure_guard(mesh.cfg.bridge)
+            def vip(used: set[IPv4Address]) -> IPv4Address:
+                return ipam.allocate(mesh.cfg.service_cidr, used)
+
+            for svc, ports in _service_ports(spec).items():
+                mesh.registry.ensure_service(svc, ports, vip)
         except BaseException:
             mesh.registry.remove_pod(name)
             raise
@@ -92,6 +101,7 @@ def create(mesh: Mesh, name: str, spec: PodSpec, ready_timeout_s: float = 10.0) 
         net = plan_pod_network(mesh.cfg, name, record.ip, ns, veth)
         state = _build(mesh, record, net, rules, ready_timeout_s)
         mesh.registry.set_state(name, PodState.READY, None)
+        publish(mesh)  # the new pod becomes an endpoint of its services everywhere
     except BaseException as exc:
         try:
             teardown(mesh, record)
@@ -119,7 +129,7 @@ def _build(mesh: Mesh, record: PodRecord, net: PodNetPlan, rules: RulePlan,
         "gateway": str(ipam.gateway(mesh.cfg.pod_cidr)), "app": list(record.spec.app),
         "ready_timeout_s": ready_timeout_s,
     })
-    refresh_hosts(mesh)
+    publish(mesh)  # hosts entries and the first snapshot, before the sidecar starts
     return _start_supervisor(mesh, record, ready_timeout_s + 5.0)
 
 
@@ -159,13 +169,18 @@ def read_state(mesh: Mesh, pod: str) -> dict[str, object]:
     return data if isinstance(data, dict) else {}
 
 
-def refresh_hosts(mesh: Mesh) -> None:
-    """Rewrite every pod's hosts file from the registry (under the mesh lock)."""
-    with mesh.locked():
-        pods = mesh.registry.list_pods()
-        text = files.render_hosts((p.name, p.ip) for p in pods)
-        for p in pods:
-            files.write_hosts(p.netns, text)
+def _service_ports(spec: PodSpec) -> dict[str, tuple[tuple[int, int], ...]]:
+    out: dict[str, list[tuple[int, int]]] = {}
+    for d in spec.services:
+        out.setdefault(d.service, []).append((d.port, d.target_port))
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _check_services(spec: PodSpec) -> None:
+    seen: dict[tuple[str, int], int] = {}
+    for d in spec.services:
+        if seen.setdefault((d.service, d.port), d.target_port) != d.target_port:
+            raise UserError(f"service {d.service} port {d.port} is given two target ports")
 
 
 def delete(mesh: Mesh, name: str) -> None:
@@ -173,6 +188,11 @@ def delete(mesh: Mesh, name: str) -> None:
     if record is None:
         raise NotFoundError(f"pod {name!r} does not exist")
     mesh.registry.set_state(name, PodState.DELETING, os.getpid())
+    if record.spec.services and record.state == PodState.READY:
+        # Take the pod out of its services first and give every sidecar time to load that
+        # (they poll every 0.2 s), so no new request is sent to an app that is stopping.
+        publish(mesh)
+        time.sleep(ENDPOINT_REMOVAL_GRACE_S)
     teardown(mesh, record)
 
 
@@ -204,7 +224,7 @@ def teardown(mesh: Mesh, record: PodRecord) -> None:
         if not remaining:
             remove_bridge(mesh)
     if remaining:
-        refresh_hosts(mesh)
+        publish(mesh)
 
 
 def remove_bridge(mesh: Mesh) -> None:

@@ -88,13 +88,23 @@ class Supervisor:
         os.setuid(PROXY_UID)
 
     def start_sidecar(self) -> None:
-        with open(self.pod_dir / "sidecar.json", "rb") as config:
-            # The config goes in on stdin: the proxy user need not be able to reach the state dir.
+        # The proxy user need not reach the state directory: it gets its config on stdin and an
+        # open descriptor of the pod directory, from which it reads snapshot.json (openat).
+        config = json.loads((self.pod_dir / "sidecar.json").read_text())
+        dir_fd = os.open(self.pod_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            config["snapshot_dir_fd"] = dir_fd
             self.sidecar = subprocess.Popen(
-                [sys.executable, "-m", "meshns.dataplane", "--config", "/dev/stdin"],
+                [sys.executable, "-m", "meshns.dataplane", "--config", "-"],
+                stdin=subprocess.PIPE, pass_fds=(dir_fd,), close_fds=True,
                 # This process has one thread, so preexec_fn is safe here.
-                stdin=config, preexec_fn=self._sidecar_preexec, close_fds=True,  # noqa: PLW1509
+                preexec_fn=self._sidecar_preexec,  # noqa: PLW1509
             )
+        finally:
+            os.close(dir_fd)
+        assert self.sidecar.stdin is not None
+        with self.sidecar.stdin:
+            self.sidecar.stdin.write(json.dumps(config).encode())
         self.state.sidecar_pid = self.sidecar.pid
         self.state.sidecar_started_at = time.time()
         self.log(f"sidecar started pid={self.sidecar.pid}")

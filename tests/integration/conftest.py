@@ -42,10 +42,16 @@ class Mesh:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
+    def service_cidr(self) -> str:
+        a, b, c = self.cidr.split(".")[:3]
+        return f"{a}.{b}.{(int(c) + 64) % 256}.0/24"
+
+    @property
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(MESHNS_STATE_DIR=str(self.state_dir), MESHNS_BRIDGE=self.bridge,
-                   MESHNS_POD_CIDR=self.cidr, MESHNS_NS_PREFIX=self.prefix)
+                   MESHNS_POD_CIDR=self.cidr, MESHNS_NS_PREFIX=self.prefix,
+                   MESHNS_SERVICE_CIDR=self.service_cidr)
         return env
 
     def run(self, *args: str, check: bool = True, timeout: float = 60,
