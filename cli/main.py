@@ -56,16 +56,19 @@ def cli(ctx: click.Context, state_dir: str | None, bridge: str | None, pod_cidr:
               help="Serve service NAME's PORT (on TARGET_PORT in the pod). Repeatable.")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
               help="Pod label, e.g. version=v2 (DestinationRule subsets select on them). Repeatable.")
+@click.option("--http-parser", type=click.Choice(["auto", "httptools", "h11"]), default="auto", show_default=True,
+              help="The sidecar's HTTP/1 parser: httptools (llhttp) is the fast path, h11 the reference.")
 @click.option("--dry-run", is_flag=True, help="Print the namespace plan and the rules; change nothing.")
 @click.pass_context
 def create(ctx: click.Context, name: str, app: tuple[str, ...], exclude_outbound_ports: str,
            exclude_inbound_ports: str, exclude_outbound_cidrs: str, ready_timeout: float,
-           services: tuple[str, ...], labels: tuple[str, ...], dry_run: bool) -> None:
+           services: tuple[str, ...], labels: tuple[str, ...], http_parser: str, dry_run: bool) -> None:
     """Create pod NAME (optionally running APP inside it: create NAME -- CMD ARGS...)."""
     spec = PodSpec(
         app=tuple(app),
         services=tuple(parse_service_decl(s) for s in services),
         labels=tuple(sorted(dict(parse_label(x) for x in labels).items())),
+        http_parser=http_parser,
         exclude_outbound_ports=parse_port_list(exclude_outbound_ports),
         exclude_inbound_ports=parse_port_list(exclude_inbound_ports),
         exclude_outbound_cidrs=parse_cidr_list(exclude_outbound_cidrs),

@@ -41,6 +41,7 @@ class PodSpec:
     exclude_outbound_cidrs: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = field(default=())
     services: tuple[ServicePortDecl, ...] = ()
+    http_parser: str = "auto"  # the sidecar's HTTP/1 parser: auto (httptools), httptools or h11
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -56,6 +57,7 @@ class PodSpec:
             labels=tuple((str(k), str(v)) for k, v in raw.get("labels", ())),
             services=tuple(ServicePortDecl(str(d["service"]), int(d["port"]), int(d["target_port"]))
                            for d in raw.get("services", ())),
+            http_parser=str(raw.get("http_parser", "auto")),
         )
 
 

@@ -123,7 +123,8 @@ def _build(mesh: Mesh, record: PodRecord, net: PodNetPlan, rules: RulePlan,
         raise SystemFailure("interception rules read back from the kernel differ from the plan")
     pod_dir = mesh.cfg.pod_dir(record.name)
     pod_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-    _write_json(pod_dir / "sidecar.json", {"pod": record.name, "pod_ip": str(record.ip)})
+    _write_json(pod_dir / "sidecar.json", {"pod": record.name, "pod_ip": str(record.ip),
+                                           "http_parser": record.spec.http_parser})
     _write_json(pod_dir / "supervisor.json", {
         "pod": record.name, "netns": record.netns, "pod_ip": str(record.ip),
         "gateway": str(ipam.gateway(mesh.cfg.pod_cidr)), "app": list(record.spec.app),

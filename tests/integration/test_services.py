@@ -105,6 +105,25 @@ def test_service_vip_name_and_listing(reviews: Mesh) -> None:
     assert head.startswith("HTTP/1.1 200") and "x-meshns-attempts: 1" in head.lower()
     shown = mesh.run("service", "show", "reviews").stdout
     assert "least_request" in shown and "r3" in shown
+    # header names keep their case and order on the wire
+    seen = mesh.exec("client", "curl", "-sS", "-H", "X-Mixed-Case: 1", "-H", "aNother-ONE: 2", f"{URL}/headers").stdout
+    lines = seen.splitlines()
+    assert "X-Mixed-Case: 1" in lines and "aNother-ONE: 2" in lines
+    assert lines.index("X-Mixed-Case: 1") < lines.index("aNother-ONE: 2")
+
+
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+def test_both_parsers_carry_the_same_traffic(mesh: Mesh, parser: str) -> None:
+    mesh.run("create", "r1", "--service", "reviews:9080", "--", *backend("r1"))
+    mesh.run("create", "client", "--http-parser", parser)
+    wait_app(mesh, "r1")
+    assert mesh.stats("client")["http_parser"] == parser
+    assert mesh.exec("client", "curl", "-sS", f"{URL}/whoami").stdout == "r1"
+    up = mesh.exec("client", "sh", "-c", f"head -c 3000000 /dev/zero | curl -sS -H 'Transfer-Encoding: chunked' "
+                   f"-T - -X POST {URL}/upload").stdout
+    assert up.split()[0] == "3000000"
+    assert mesh.exec("client", "curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}",
+                     f"{URL}/bytes/5000000").stdout == "5000000"
 
 
 def test_per_request_balancing_over_one_connection(reviews: Mesh) -> None:
