@@ -1,8 +1,11 @@
 """The admin endpoint on 127.0.0.1: readiness for the supervisor, counters for humans and tests.
 
 Not the hot path, so it uses h11 (strict, sans-I/O) and answers one request per connection
-(``Connection: close``), which keeps the state handling trivial. Routing is a pure function from
-(method, path, state) to (status, content type, body), tested without sockets.
+(``Connection: close``), which keeps the state handling trivial. Routing is a function from
+(method, path, state) to (status, content type, body), tested without sockets; the Envoy-style
+operations (/stats/prometheus, /config_dump, /clusters, /certs, /logging, POST /drain) are
+callbacks the server fills in (``AdminOps``), absent ones answer 404. The same protocol serves
+the metrics listener on the pod address with ``metrics_route`` (Prometheus text only).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import logging
 import os
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, cast
@@ -39,6 +43,7 @@ class AdminState:
     started_monotonic: float = 0.0
     # More top-level sections of /stats (snapshot version, per-service counters), computed per scrape.
     extras: list[Callable[[], dict[str, object]]] = field(default_factory=list)
+    ops: AdminOps | None = None
 
     def __post_init__(self) -> None:
         if not self.started_monotonic:
@@ -59,11 +64,70 @@ class AdminState:
 
 
 Reply = tuple[int, str, bytes]
+Query = dict[str, str]
+
+
+@dataclass
+class AdminOps:
+    """What the sidecar exposes beyond /ready and /stats (see ``admin_ops``)."""
+
+    prometheus: Callable[[], bytes]
+    config_dump: Callable[[], dict[str, object]]
+    clusters: Callable[[], dict[str, object]]
+    logging_get: Callable[[], dict[str, object]]
+    logging_set: Callable[[Query], Reply]
+    drain: Callable[[], None]
+
+
+def _json(doc: object) -> Reply:
+    return 200, "application/json", json.dumps(doc, sort_keys=True, indent=1).encode() + b"\n"
+
+
+PROMETHEUS_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+CERTS_DOC: Final = {"certificates": [], "note": "no certificates: mTLS is not enabled yet"}
+
+
+def _ops_route(method: bytes, target: bytes, query: Query, ops: AdminOps, state: AdminState) -> Reply | None:
+    get = method in (b"GET", b"HEAD")
+    if target in (b"/stats/prometheus", b"/metrics"):
+        return (200, PROMETHEUS_TYPE, ops.prometheus()) if get else None
+    if target == b"/config_dump":
+        return _json(ops.config_dump()) if get else None
+    if target == b"/clusters":
+        return _json(ops.clusters()) if get else None
+    if target == b"/certs":
+        return _json(CERTS_DOC) if get else None
+    if target == b"/logging":
+        return _json(ops.logging_get()) if get else ops.logging_set(query) if method == b"POST" else None
+    if target in (b"/drain", b"/quitquitquit"):
+        if method != b"POST":
+            return None
+        if not state.draining:
+            ops.drain()
+        return 200, "text/plain", b"draining\n"
+    return 404, "text/plain", b"not found\n"
+
+
+def _query(raw: bytes) -> Query:
+    return {k: v[-1] for k, v in urllib.parse.parse_qs(raw.decode("latin-1")).items()}
+
+
+def metrics_route(method: bytes, path: bytes, state: AdminState) -> Reply:
+    """The metrics listener on the pod address: Prometheus text and nothing else."""
+    target = path.split(b"?", 1)[0]
+    if target not in (b"/stats/prometheus", b"/metrics") or state.ops is None:
+        return 404, "text/plain", b"not found\n"
+    if method not in (b"GET", b"HEAD"):
+        return 405, "text/plain", b"method not allowed\n"
+    return 200, PROMETHEUS_TYPE, state.ops.prometheus()
 
 
 def route(method: bytes, path: bytes, state: AdminState) -> Reply:
-    """Pure request routing; the query string is ignored."""
-    target = path.split(b"?", 1)[0]
+    """Request routing of the admin endpoint."""
+    target, _, raw_query = path.partition(b"?")
+    if target not in (b"/ready", b"/stats") and state.ops is not None:
+        reply = _ops_route(method, target, _query(raw_query), state.ops, state)
+        return reply if reply is not None else (405, "text/plain", b"method not allowed\n")
     if method not in (b"GET", b"HEAD"):
         if target in (b"/ready", b"/stats"):
             return 405, "text/plain", b"method not allowed\n"
@@ -78,9 +142,13 @@ def route(method: bytes, path: bytes, state: AdminState) -> Reply:
     return 404, "text/plain", b"not found\n"
 
 
+Router = Callable[[bytes, bytes, AdminState], Reply]
+
+
 class AdminProtocol(asyncio.Protocol):
-    def __init__(self, state: AdminState) -> None:
+    def __init__(self, state: AdminState, router: Router = route) -> None:
         self.state = state
+        self.router = router
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -110,7 +178,7 @@ class AdminProtocol(asyncio.Protocol):
             return
         if isinstance(event, h11.Request):
             head = event.method == b"HEAD"
-            self._reply(route(event.method, event.target, self.state), head=head)
+            self._reply(self.router(event.method, event.target, self.state), head=head)
         elif isinstance(event, h11.ConnectionClosed):
             self._close()
         # h11.NEED_DATA: wait for more bytes. The request body (if any) is never read: we reply and
@@ -141,5 +209,5 @@ class AdminProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-def admin_factory(state: AdminState) -> Callable[[], asyncio.Protocol]:
-    return lambda: AdminProtocol(state)
+def admin_factory(state: AdminState, router: Router = route) -> Callable[[], asyncio.Protocol]:
+    return lambda: AdminProtocol(state, router)

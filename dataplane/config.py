@@ -21,6 +21,7 @@ from meshns.errors import UserError
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 HTTP_PARSERS: Final = ("auto", "h11", "httptools")
+ACCESS_LOG_MODES: Final = ("on", "off", "http")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,13 @@ class SidecarConfig:
     # HTTP/1 parser: "auto" (httptools when importable, else h11), "h11" (the strict reference)
     # or "httptools" (llhttp, the fast one).
     http_parser: str = "auto"
+    # Prometheus listener on bind_ip (GET /stats/prometheus, /metrics); 0: ephemeral, -1: none.
+    # Off unless the pod's config asks (meshns create writes 15090): a sidecar built in a test on
+    # the host must not grab a well-known port by default.
+    metrics_port: int = -1
+    # Access log lines on stderr (logger "meshns.access"): "on" (HTTP requests and TCP
+    # connections), "http" (HTTP requests only) or "off".
+    access_log: str = "on"
 
     def __post_init__(self) -> None:
         _check_semantics(self)
@@ -69,6 +77,8 @@ _FIELD_TYPES: Final[dict[str, type]] = {
     "snapshot_dir_fd": int,
     "snapshot_file": str,
     "http_parser": str,
+    "metrics_port": int,
+    "access_log": str,
 }
 _REQUIRED: Final = frozenset({"pod", "pod_ip"})
 
@@ -101,6 +111,10 @@ def _check_semantics(cfg: SidecarConfig) -> None:
         port = getattr(cfg, key)
         if not 0 <= port <= 65535:
             raise UserError(f"sidecar config: {key} must be in 0..65535, got {port}")
+    if not -1 <= cfg.metrics_port <= 65535:
+        raise UserError(f"sidecar config: metrics_port must be -1 (off) or in 0..65535, got {cfg.metrics_port}")
+    if cfg.access_log not in ACCESS_LOG_MODES:
+        raise UserError(f"sidecar config: access_log must be one of {', '.join(ACCESS_LOG_MODES)}")
     if cfg.outbound_port and cfg.outbound_port == cfg.inbound_port:
         raise UserError("sidecar config: outbound_port and inbound_port must differ")
     for key in ("connect_timeout_s", "idle_timeout_s", "drain_timeout_s"):

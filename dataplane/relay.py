@@ -40,9 +40,10 @@ from typing import Final, cast
 
 from meshns.dataplane.addrs import OrigDst, client_addr_from
 from meshns.dataplane.config import SidecarConfig
-from meshns.dataplane.connect import Connector, tcp_connect
+from meshns.dataplane.connect import Connector
 from meshns.dataplane.decide import AnswerProbe, Direction, Forward, Reject, decide
 from meshns.dataplane.http1.detect import Http1, Opaque, detect
+from meshns.dataplane.observe import NULL_TCP, Observer, peername_of
 from meshns.dataplane.origdst import OrigDstError, OriginalDstResolver
 from meshns.dataplane.stats import DirectionStats, Stats
 
@@ -62,9 +63,11 @@ class RelayContext:
         config: SidecarConfig,
         stats: Stats,
         resolver: OriginalDstResolver,
-        connector: Connector = tcp_connect,
+        connector: Connector,
+        obs: Observer,
     ) -> None:
         self.config = config
+        self.obs = obs
         self.stats = stats
         self.resolver = resolver
         self.connector = connector
@@ -72,6 +75,9 @@ class RelayContext:
         # Outbound connections to a service VIP are handed to this hook (the HTTP/1 data path);
         # it returns True when it took the connection over.
         self.service_hook: Callable[[asyncio.BaseTransport, OrigDst], bool] | None = None
+        # Inbound connections to be forwarded are offered to this hook (HTTP/1 awareness on the
+        # inbound side); it returns True when it took the connection over.
+        self.inbound_hook: Callable[[asyncio.BaseTransport, Forward], bool] | None = None
 
     def factory(self, direction: Direction) -> Callable[[], asyncio.Protocol]:
         dstats = self.stats.outbound if direction is Direction.OUTBOUND else self.stats.inbound
@@ -89,7 +95,7 @@ class RelayContext:
 REFUSAL_SNIFF_S = 1.0
 
 
-def _refusal_response(flag: str) -> bytes:
+def refusal_response(flag: str) -> bytes:
     body = b"upstream connect error: the application in this pod is not reachable\n"
     return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
             b"x-meshns-response-flags: " + flag.encode() + b"\r\ncontent-length: "
@@ -182,8 +188,11 @@ class ClientSide(_Side):
 
     def data_received(self, data: bytes) -> None:
         self.peer.write(data)
-        self.relay.dstats.bytes_up += len(data)
-        self.relay.touched = True
+        relay = self.relay
+        n = len(data)
+        relay.dstats.bytes_up += n
+        relay.obs.received += n
+        relay.touched = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -199,8 +208,11 @@ class UpstreamSide(_Side):
 
     def data_received(self, data: bytes) -> None:
         self.peer.write(data)
-        self.relay.dstats.bytes_down += len(data)
-        self.relay.touched = True
+        relay = self.relay
+        n = len(data)
+        relay.dstats.bytes_down += n
+        relay.obs.sent += n
+        relay.touched = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -211,8 +223,8 @@ class Relay:
     """One relayed connection: its two sides, its connect task and its idle timer."""
 
     __slots__ = (
-        "client", "connect_task", "ctx", "direction", "dstats", "finished", "idle_timer", "touched",
-        "upstream",
+        "client", "connect_task", "ctx", "direction", "dstats", "finished", "flags", "idle_timer", "obs",
+        "touched", "upstream",
     )
 
     client: ClientSide
@@ -226,6 +238,8 @@ class Relay:
         self.idle_timer: asyncio.TimerHandle | None = None
         self.touched = False
         self.finished = False
+        self.obs = NULL_TCP
+        self.flags = ""
 
     def describe(self) -> str:
         """For log lines only (costs a syscall or two, so never on the byte path)."""
@@ -258,12 +272,25 @@ class Relay:
             log.warning("rejected %s: %s", self.describe(), decision.reason)
             transport.abort()
         else:
-            hook = ctx.service_hook
-            if hook is not None and self.direction is Direction.OUTBOUND and hook(transport, dst):
-                self._finish()  # the service connection accounts for itself from here on
+            if self.direction is Direction.OUTBOUND:
+                hook = ctx.service_hook
+                if hook is not None and hook(transport, dst):
+                    self._finish()  # the service connection accounts for itself from here on
+                    return
+            elif ctx.inbound_hook is not None and ctx.inbound_hook(transport, decision):
+                self._finish()
                 return
+            self._observe(dst)
             self.connect_task = asyncio.ensure_future(self._connect(decision))
             self._arm_idle_timer()
+
+    def _observe(self, dst: OrigDst) -> None:
+        obs, client = self.ctx.obs, peername_of(self.client.transport)
+        if self.direction is Direction.OUTBOUND:
+            peers = obs.outbound(dst.ip, dst.port)
+        else:
+            peers = obs.inbound(client.rpartition(":")[0], dst.ip, dst.port)
+        self.obs = obs.tcp_start(peers, peers.destination_workload, client, str(dst))
 
     async def _connect(self, fwd: Forward) -> None:
         ctx = self.ctx
@@ -293,6 +320,7 @@ class Relay:
         reached the app and may retry it safely; anything else is closed. Waits at most
         REFUSAL_SNIFF_S for the client's first bytes (a meshed client sends its request at once)."""
         client = self.client
+        self.flags = flag
         pending = client.peer
         if self.direction is not Direction.INBOUND or not isinstance(pending, _PendingUpstream):
             client.transport.close()
@@ -302,7 +330,7 @@ class Relay:
         while not client.lost:
             verdict = detect(b"".join(pending.chunks))
             if isinstance(verdict, Http1):
-                client.transport.write(_refusal_response(flag))
+                client.transport.write(refusal_response(flag))
                 break
             if isinstance(verdict, Opaque) or pending.eof or loop.time() >= deadline:
                 break
@@ -356,6 +384,7 @@ class Relay:
         self.finished = True
         if self.idle_timer is not None:
             self.idle_timer.cancel()
+        self.ctx.obs.tcp_end(self.obs, self.flags)
         self.ctx.stats.active -= 1
         self.ctx.live.discard(self)
 

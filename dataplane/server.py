@@ -1,8 +1,10 @@
 """The sidecar process: listeners, admin endpoint, signals and drain.
 
 ``Sidecar`` is constructible in-process for tests: pass ports 0 in the config (the bound ports are
-then in ``outbound_addr``/``inbound_addr``/``admin_addr``) and a ``FixedResolver`` instead of the
-SO_ORIGINAL_DST one. ``main`` is the process entry point used by ``python -m meshns.dataplane``.
+then in ``outbound_addr``/``inbound_addr``/``admin_addr``/``metrics_addr``) and a ``FixedResolver``
+instead of the SO_ORIGINAL_DST one. ``main`` is the process entry point used by
+``python -m meshns.dataplane``. SIGTERM, SIGINT and the admin endpoint's POST /drain all end the
+same way: ``serve`` sees the stop event, ``drain`` runs, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Final
 
+from meshns.dataplane import accesslog, admin_ops
 from meshns.dataplane.addrs import ListenAddr, listen_addr_from
-from meshns.dataplane.admin import AdminState, admin_factory
+from meshns.dataplane.admin import AdminOps, AdminState, admin_factory, metrics_route
 from meshns.dataplane.config import SidecarConfig, load_config
 from meshns.dataplane.connect import Connector, tcp_connect
 from meshns.dataplane.decide import Direction
 from meshns.dataplane.http1.context import HttpContext
 from meshns.dataplane.http1.downstream import take_over
+from meshns.dataplane.http1.inbound import take_over_inbound
 from meshns.dataplane.http1.parser import parser_kit
+from meshns.dataplane.metrics import Health, Metrics
+from meshns.dataplane.observe import Observer
 from meshns.dataplane.origdst import OriginalDstResolver, SockoptResolver
 from meshns.dataplane.relay import RelayContext
 from meshns.dataplane.snapshots import SnapshotStore
@@ -53,20 +59,35 @@ class Sidecar:
         self.config = config
         self.stats = Stats()
         self.admin_state = AdminState(config.pod, self.stats)
-        self.ctx = RelayContext(config, self.stats, resolver or SockoptResolver(), connector)
         dir_fd = None if config.snapshot_dir_fd < 0 else config.snapshot_dir_fd
         self.store = SnapshotStore(config.pod, dir_fd, config.snapshot_file)
+        self.metrics = Metrics(self._health)
+        self.obs = Observer(config, self.store, self.metrics)
+        self.ctx = RelayContext(config, self.stats, resolver or SockoptResolver(), connector, self.obs)
         # One random source per sidecar (balancing, weights, faults, jitter); tests pass a seeded one.
         self.http = HttpContext(config, self.stats, self.store, connector, parser_kit(config.http_parser),
-                                rng or random.Random())
+                                rng or random.Random(), self.obs)
         self.ctx.service_hook = lambda transport, dst: take_over(self.http, transport, dst.as_tuple())
+        self.ctx.inbound_hook = lambda transport, fwd: take_over_inbound(self.http, transport, fwd)
         self.admin_state.extras.append(self._stats_extras)
+        self.admin_state.ops = AdminOps(
+            prometheus=self.metrics.exposition,
+            config_dump=lambda: admin_ops.config_dump(self.store),
+            clusters=lambda: admin_ops.clusters(self.http, self.store, asyncio.get_running_loop().time()),
+            logging_get=admin_ops.logging_levels,
+            logging_set=admin_ops.set_logging,
+            drain=self.request_stop,
+        )
         self._watch_task: asyncio.Task[None] | None = None
+        self._flush_task: asyncio.Task[None] | None = None
         self._relay_servers: list[asyncio.Server] = []
         self._admin_server: asyncio.Server | None = None
+        self._metrics_server: asyncio.Server | None = None
+        self._stop: asyncio.Event | None = None
         self.outbound_addr: ListenAddr | None = None
         self.inbound_addr: ListenAddr | None = None
         self.admin_addr: ListenAddr | None = None
+        self.metrics_addr: ListenAddr | None = None
 
     @property
     def ready(self) -> bool:
@@ -75,6 +96,22 @@ class Sidecar:
     def buffered_bytes(self) -> int:
         """Bytes held in user space across all relayed connections (debug accessor for tests)."""
         return self.ctx.buffered_bytes() + self.http.buffered_bytes()
+
+    def _health(self) -> Health:
+        services = {name: (p.state.retries, p.state.ejections, p.state.overflows, p.state.budget_exhausted)
+                    for name, p in self.http.pools.items()}
+        return Health(self.store.version, self.store.reloads, self.stats.active, services)
+
+    def request_stop(self) -> None:
+        """POST /drain: the same path as SIGTERM (readiness false at once, then ``drain``)."""
+        self.admin_state.draining = True
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _flush_access_log(self) -> None:
+        while True:
+            await asyncio.sleep(accesslog.FLUSH_S)
+            accesslog.flush()
 
     def _stats_extras(self) -> dict[str, object]:
         return {
@@ -114,23 +151,38 @@ class Sidecar:
             # network.
             self._admin_server, self.admin_addr = await self._bind(
                 admin_factory(self.admin_state), "127.0.0.1", cfg.admin_port, "admin")
+            if cfg.metrics_port >= 0:
+                # On the pod address, like Envoy's 15090: Prometheus scrapes from outside the pod,
+                # and interception leaves this port alone. Only the metrics text is served here.
+                self._metrics_server, self.metrics_addr = await self._bind(
+                    admin_factory(self.admin_state, metrics_route), cfg.bind_ip, cfg.metrics_port, "metrics")
         except BaseException:
             self._close_listeners()
+            self._close_ops_listeners()
             raise
         self.ctx.config = dataclasses.replace(
             cfg, outbound_port=self.outbound_addr.port, inbound_port=self.inbound_addr.port)
         self.store.check()  # the snapshot on disk, if any, before the first connection
         self._watch_task = asyncio.ensure_future(self.store.watch())
-        for srv in [*self._relay_servers, self._admin_server]:
-            await srv.start_serving()
+        self._flush_task = asyncio.ensure_future(self._flush_access_log())
+        self._stop = asyncio.Event()
+        for srv in [*self._relay_servers, self._admin_server, self._metrics_server]:
+            if srv is not None:
+                await srv.start_serving()
         self.admin_state.ready = True
-        log.info("sidecar ready pod=%s pid=%d outbound=%s inbound=%s admin=%s", cfg.pod, os.getpid(),
-                 self.outbound_addr, self.inbound_addr, self.admin_addr)
+        log.info("sidecar ready pod=%s pid=%d outbound=%s inbound=%s admin=%s metrics=%s", cfg.pod,
+                 os.getpid(), self.outbound_addr, self.inbound_addr, self.admin_addr, self.metrics_addr)
 
     def _close_listeners(self) -> None:
         for srv in self._relay_servers:
             srv.close()
         self._relay_servers.clear()
+
+    def _close_ops_listeners(self) -> None:
+        for srv in (self._admin_server, self._metrics_server):
+            if srv is not None:
+                srv.close()
+        self._admin_server = self._metrics_server = None
 
     async def drain(self) -> None:
         """Stop accepting, let active connections finish for up to drain_timeout_s, then cut them."""
@@ -147,25 +199,31 @@ class Sidecar:
             self.ctx.abort_all()
             self.http.abort_all()
             await asyncio.sleep(0)  # let connection_lost callbacks run before the loop stops
-        if self._admin_server is not None:
-            self._admin_server.close()
-            self._admin_server = None
+        self._close_ops_listeners()
         if self._watch_task is not None:
             self._watch_task.cancel()
             self._watch_task = None
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+            self._flush_task = None
+        accesslog.flush()
 
-    async def run(self) -> int:
-        """Start, serve until SIGTERM/SIGINT, drain, return the exit code (0)."""
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        await self.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("signal received, shutting down")
+    async def serve(self) -> int:
+        """After ``start``: wait for a stop request (signal or POST /drain), drain, return 0."""
+        assert self._stop is not None, "start() first"
+        await self._stop.wait()
+        log.info("stop requested, draining")
         await self.drain()
         log.info("sidecar stopped pod=%s", self.config.pod)
         return 0
+
+    async def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT or POST /drain, drain, return the exit code (0)."""
+        loop = asyncio.get_running_loop()
+        await self.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        return await self.serve()
 
 
 def setup_logging(level: str) -> None:
@@ -174,6 +232,7 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    accesslog.install_handler()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,14 +4,17 @@ Theory of operation
 -------------------
 The init step makes every TCP connection of the pod pass through its sidecar, using the nat table
 only (so just the first packet of a connection is classified; conntrack rewrites the rest). The
-logic is Istio's default sidecar listing with our chain names, minus Istio's 15008/15090/15021/
-15020 inbound RETURNs (we have no such inbound listeners; our admin port listens on 127.0.0.1,
-which PREROUTING never sees), plus user exclusions. Every rule carries a "meshns: ..." comment,
+logic is Istio's default sidecar listing with our chain names, minus Istio's 15008/15021/15020
+inbound RETURNs (we have no such inbound listeners; our admin port listens on 127.0.0.1, which
+PREROUTING never sees), plus user exclusions. Istio's 15090 RETURN is kept: the sidecar's
+Prometheus listener is on the pod address, and a scrape must reach it rather than be redirected
+to the inbound listener (which would forward it to the app). Every rule carries a "meshns: ..." comment,
 as Linkerd's do, so `iptables-legacy-save` explains itself.
 
 Inbound (packets arriving from outside the pod):
 
   PREROUTING -p tcp           -> MESHNS_INBOUND     only TCP; UDP (DNS...) is never touched
+  MESHNS_INBOUND --dport 15090 -> RETURN            the sidecar's metrics listener (as Istio)
   MESHNS_INBOUND --dport P    -> RETURN             one per excluded inbound port (e.g. ssh)
   MESHNS_INBOUND -p tcp       -> MESHNS_IN_REDIRECT everything else
   MESHNS_IN_REDIRECT          -> REDIRECT 15006     the sidecar's inbound listener
@@ -42,6 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from meshns import ports
 from meshns.intercept.spec import InterceptSpec
 
 NAT_TABLE = "nat"
@@ -176,7 +180,10 @@ _RETURN = Target("RETURN")
 
 
 def _inbound(spec: InterceptSpec) -> list[Rule]:
-    rules = [
+    # Prometheus scrapes the sidecar itself on the pod address (Istio's 15090 rule).
+    rules = [_rule(INBOUND_CHAIN, f"sidecar metrics port {ports.METRICS_PORT}", _RETURN,
+                   TcpDport(ports.METRICS_PORT), protocol=_TCP)]
+    rules += [
         _rule(INBOUND_CHAIN, f"inbound port {p} excluded", _RETURN, TcpDport(p), protocol=_TCP)
         for p in spec.exclude_inbound_ports
     ]

@@ -14,6 +14,9 @@ ADMIN_PORT: Final = 15000
 # Connections whose original destination port is PROBE_PORT are answered by the sidecar itself
 # with the original destination it recovered; the init step's validation uses this.
 PROBE_PORT: Final = 15002
+# The sidecar's Prometheus listener on the pod address (Envoy's 15090); inbound interception lets
+# it pass so a scraper reaches the sidecar, not the app.
+METRICS_PORT: Final = 15090
 PROXY_UID: Final = 1337
 PROXY_GID: Final = 1337
 # Source address of the sidecar's inbound hop to the app; the OUTPUT chain lets it pass, so the

@@ -166,6 +166,9 @@ class Snapshot:
     version: int
     pod: str
     services: tuple[Service, ...] = ()
+    # Every pod of the mesh (name, address, labels), so metrics and logs can name the workload
+    # behind any address, not only service endpoints.
+    workloads: tuple[Endpoint, ...] = ()
 
     def by_dst(self) -> dict[tuple[str, int], Service]:
         """The index the sidecar uses per connection: (VIP, port) -> service."""
@@ -217,4 +220,5 @@ def snapshot_from_dict(raw: dict[str, Any]) -> Snapshot:
             lb=s["lb"], pool=ConnectionPool(**s["pool"]), outlier=OutlierDetection(**s["outlier"]),
             budget=RetryBudget(**s["budget"]), routes=tuple(_route(r) for r in s["routes"]),
         ))
-    return Snapshot(version=raw["version"], pod=raw["pod"], services=tuple(services))
+    workloads = tuple(Endpoint(e["pod"], e["ip"], _t(e["labels"])) for e in raw.get("workloads", ()))
+    return Snapshot(version=raw["version"], pod=raw["pod"], services=tuple(services), workloads=workloads)

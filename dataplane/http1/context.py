@@ -4,24 +4,32 @@ state and pools, the parser choice, the one random source, and the counters."""
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from meshns.dataplane.config import SidecarConfig
 from meshns.dataplane.connect import Connector
 from meshns.dataplane.http1.parser import ParserKit
 from meshns.dataplane.http1.upstream import ServicePool
+from meshns.dataplane.observe import Observer
 from meshns.dataplane.policy.state import ServiceState, ServiceStates
 from meshns.dataplane.snapshots import SnapshotStore
 from meshns.dataplane.stats import Stats
 from meshns.snapshot import Service
 
-if TYPE_CHECKING:
-    from meshns.dataplane.http1.downstream import ServiceConnection
+
+class LiveConn(Protocol):
+    """An HTTP-aware client connection (outbound service or inbound), as drain sees it."""
+
+    def close_if_idle(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def buffered_bytes(self) -> int: ...
 
 
 class HttpContext:
     def __init__(self, config: SidecarConfig, stats: Stats, store: SnapshotStore, connector: Connector,
-                 kit: ParserKit, rng: random.Random) -> None:
+                 kit: ParserKit, rng: random.Random, obs: Observer) -> None:
         self.config = config
         self.stats = stats
         self.store = store
@@ -31,7 +39,8 @@ class HttpContext:
         self.rand = rng.random  # pre-bound: the policy functions take a () -> float
         self.states = ServiceStates()
         self.pools: dict[str, ServicePool] = {}
-        self.live: set[ServiceConnection] = set()
+        self.live: set[LiveConn] = set()
+        self.obs = obs
         self.draining = False
 
     def policy(self, service: Service) -> tuple[ServiceState, ServicePool]:

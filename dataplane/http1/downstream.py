@@ -28,6 +28,8 @@ from meshns.dataplane.http1.head import ParseError, RequestHead, local_response
 from meshns.dataplane.http1.parser import RequestParser
 from meshns.dataplane.http1.pipe import Pipe
 from meshns.dataplane.http1.upstream import ConnectFailed, ServicePool, UpstreamConn
+from meshns.dataplane.metrics import TcpObs
+from meshns.dataplane.observe import NULL_TCP, peername_of
 from meshns.dataplane.policy.state import choose_endpoint
 from meshns.snapshot import Service
 
@@ -52,6 +54,8 @@ class ServiceConnection(asyncio.Protocol):
         self.default_host = f"{dst[0]}:{dst[1]}".encode()
         self.service = service
         self.state, self.pool = hctx.policy(service)
+        self.peers = hctx.obs.outbound(dst[0], dst[1], service.name)
+        self._source = ""
         self.http = False
         self.opaque = False
         self.buf = b""
@@ -132,6 +136,11 @@ class ServiceConnection(asyncio.Protocol):
             self.pipe.abort()
         else:
             self.transport.abort()
+
+    def source_address(self) -> str:
+        if not self._source:
+            self._source = peername_of(self.transport)
+        return self._source
 
     def buffered_bytes(self) -> int:
         n = self.transport.get_write_buffer_size()
@@ -355,23 +364,30 @@ class ServiceConnection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self._pipe_to(conn, self.pool, to_up, to_client)
+        ip, port = conn.key
+        obs = self.hctx.obs.tcp_start(self.peers, self.hctx.obs.index().workload(ip),
+                                      self.source_address(), f"{ip}:{port}")
+        self._pipe_to(conn, self.pool, to_up, to_client, obs)
 
     def start_upgrade(self, conn: UpstreamConn, pool: ServicePool, rest: bytes) -> None:
         self.http = False
         self.current = None
         to_up = [self.upgrade_rest] if self.upgrade_rest else []
-        self._pipe_to(conn, pool, to_up, [rest] if rest else [])
+        self._pipe_to(conn, pool, to_up, [rest] if rest else [], NULL_TCP)
 
-    def _pipe_to(self, conn: UpstreamConn, pool: ServicePool, to_up: list[bytes], to_client: list[bytes]) -> None:
+    def _pipe_to(self, conn: UpstreamConn, pool: ServicePool, to_up: list[bytes], to_client: list[bytes],
+                 obs: TcpObs) -> None:
         """From here on the connection is a raw byte relay (opaque TCP, or after a 101)."""
 
         def ended() -> None:
             pool.drop(conn)
+            self.hctx.obs.tcp_end(obs)
             self.done()
 
+        obs.received += sum(map(len, to_up))
+        obs.sent += sum(map(len, to_client))
         self.pipe = Pipe(self.transport, conn.transport, self.hctx.stats.outbound,
-                         self.hctx.config.idle_timeout_s, ended)
+                         self.hctx.config.idle_timeout_s, ended, obs)
         self.paused = 0
         self.pipe.start(to_up, to_client, self.client_eof)
 

@@ -14,17 +14,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from meshns.dataplane.http1.head import ParseError, RequestHead, ResponseHead
 from meshns.dataplane.http1.parser import ResponseParser
-from meshns.dataplane.http1.upstream import ServicePool, UpstreamConn
+from meshns.dataplane.http1.upstream import UpstreamConn
 from meshns.dataplane.policy.retry import REPLAY_LIMIT_BYTES, Outcome
 from meshns.dataplane.policy.state import ServiceState
 
 if TYPE_CHECKING:
     from meshns.dataplane.http1.context import HttpContext
-    from meshns.dataplane.http1.downstream import ServiceConnection
 
 log = logging.getLogger("meshns.dataplane.http1")
 
@@ -34,16 +33,38 @@ PAUSE_NO_UPSTREAM: Final = 1
 PAUSE_UPSTREAM_FULL: Final = 2
 
 
+class Downstream(Protocol):
+    """The client connection an exchange writes to and pauses."""
+
+    transport: asyncio.Transport
+    write_paused: bool
+
+    def pause(self, bit: int) -> None: ...
+
+    def resume(self, bit: int) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class ConnOwner(Protocol):
+    """Who takes an upstream connection back after a try (a service pool, or the inbound
+    connection's single app connection)."""
+
+    def close(self, conn: UpstreamConn, abort: bool = False) -> None: ...
+
+    def release(self, conn: UpstreamConn, reusable: bool) -> None: ...
+
+
 class Discard(Exception):
     """Raised from a response-head callback to stop parsing a response that will be retried."""
 
 
 class Exchange:
     hctx: HttpContext
-    down: ServiceConnection
+    down: Downstream
     head: RequestHead
     state: ServiceState
-    pool: ServicePool
+    pool: ConnOwner
 
     def _init_exchange(self) -> None:
         self.up: UpstreamConn | None = None
@@ -61,6 +82,8 @@ class Exchange:
         self.up_reused = False
         self.finished = False
         self.request_bytes = b""
+        self.req_body_bytes = 0
+        self.resp_body_bytes = 0
         # Bytes for the client produced while parsing one upstream read, written with one
         # writelines after it: head and body of a small response leave in one syscall.
         self.out: list[bytes] = []
@@ -68,6 +91,7 @@ class Exchange:
     # request body, from the client
 
     def request_body(self, data: bytes) -> None:
+        self.req_body_bytes += len(data)
         replay = self.replay
         if replay is not None:
             if self.replay_size + len(data) <= REPLAY_LIMIT_BYTES:
@@ -201,7 +225,7 @@ class Exchange:
             self.out += (b"%x\r\n" % len(data), data, CHUNK_END)
         else:
             self.out.append(data)
-        self.hctx.stats.outbound.bytes_down += len(data)
+        self.resp_body_bytes += len(data)
 
     def on_response_complete(self) -> None:
         if not self.committed or self.resp_complete:

@@ -39,17 +39,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from meshns.dataplane.http1.exchange import Discard, Exchange
 from meshns.dataplane.http1.head import ResponseHead, local_response, serialize_request, serialize_response
-from meshns.dataplane.http1.upstream import ConnectFailed, PoolOverflow, UpstreamConn
+from meshns.dataplane.http1.upstream import ConnectFailed, PoolOverflow, ServicePool, UpstreamConn
+from meshns.dataplane.labels import UNKNOWN
 from meshns.dataplane.policy import flags
 from meshns.dataplane.policy.fault import decide_fault
 from meshns.dataplane.policy.outlier import is_failure
 from meshns.dataplane.policy.retry import Outcome, backoff_s, request_replayable, should_retry
 from meshns.dataplane.policy.route import match_route, pick_weighted
 from meshns.dataplane.policy.state import choose_endpoint
+from meshns.dataplane.tracing import rewrite_trace
 from meshns.snapshot import HttpRoute, Service
 
 if TYPE_CHECKING:
@@ -60,6 +63,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshns.dataplane.http1")
 
 _REASONS = {404: "Not Found", 503: "Service Unavailable", 504: "Gateway Timeout"}
+GRPC_STATUS = b"grpc-status"
+
+
+def grpc_status_of(headers: list[tuple[bytes, bytes]]) -> str:
+    """The grpc-status header's value, "" without one (a length test first keeps it cheap)."""
+    for name, value in headers:
+        if len(name) == 11 and name.lower() == GRPC_STATUS:
+            return value.decode("latin-1").strip()
+    return ""
 
 
 def _headers_map(head: RequestHead) -> dict[str, str]:
@@ -67,11 +79,22 @@ def _headers_map(head: RequestHead) -> dict[str, str]:
 
 
 class RequestFlow(Exchange):
+    down: ServiceConnection
+    pool: ServicePool
+
     def __init__(self, down: ServiceConnection, head: RequestHead) -> None:
         self.down = down
         self.hctx: HttpContext = down.hctx
         self.head = head
         self._init_exchange()
+        # What the observer reads when the request ends (observe.HttpRecord).
+        self.t0 = time.perf_counter()
+        self.peers = down.peers
+        self.endpoint_pod = UNKNOWN
+        self.upstream_host = "-"
+        self.status = 0
+        self.grpc_status = ""
+        self.request_id = ""
         self.flags: list[str] = []
         self.tries = 0
         self.try_ip: str | None = None
@@ -91,6 +114,7 @@ class RequestFlow(Exchange):
         self.state, self.pool = self.hctx.policy(service)
         self.state.requests += 1
         self.hctx.stats.http_requests += 1
+        self.request_id = rewrite_trace(head.headers, self.hctx.obs.bits, True)
         self.request_bytes = serialize_request(head, down.default_host)
         routes = service.routes
         need_headers = any(m.headers for r in routes for m in r.matches)
@@ -150,6 +174,8 @@ class RequestFlow(Exchange):
             tried.add(ep.ip)
             state.try_started(ep.ip)
             self.try_ip = ep.ip
+            self.endpoint_pod = ep.pod
+            self.upstream_host = f"{ep.ip}:{port}"
             try:
                 outcome = await self.one_try((ep.ip, port), route)
             except PoolOverflow:
@@ -280,6 +306,8 @@ class RequestFlow(Exchange):
 
     def commit(self, rh: ResponseHead) -> None:
         self.committed = True
+        self.status = rh.status
+        self.grpc_status = grpc_status_of(rh.headers)
         self.release_retry()
         head = self.head
         self.resp_keep_alive = rh.keep_alive
@@ -307,6 +335,7 @@ class RequestFlow(Exchange):
         self.release_retry()
         self.release_request()
         self.finished = True
+        self.hctx.obs.http_done(self)
         self.down.start_upgrade(conn, self.pool, rest)
 
     # endings
@@ -320,6 +349,7 @@ class RequestFlow(Exchange):
             self.down.abort()
             return
         self.committed = True
+        self.status = status
         self.flags.append(flag)
         extra = [b"%s: %s\r\n" % (flags.FLAGS_HEADER.encode(), ",".join(self.flags).encode())]
         if self.tries:
@@ -358,7 +388,12 @@ class RequestFlow(Exchange):
         self.end_try()
         self.release_retry()
         self.release_request()
+        self.hctx.stats.outbound.bytes_down += self.resp_body_bytes
+        self.hctx.obs.http_done(self)
         self.down.flow_finished(self, keep_alive)
+
+    def source_address(self) -> str:
+        return self.down.source_address()
 
     def downstream_lost(self) -> None:
         if self.finished:

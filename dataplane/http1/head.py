@@ -95,7 +95,23 @@ def _framing(headers: Headers) -> tuple[int | None, bytes | None, frozenset[byte
     return cl, te, frozenset(tokens), host, expect
 
 
+def _valid_target(method: bytes, target: bytes) -> bool:
+    """RFC 9112 3.2: origin-form (/path), absolute-form (scheme://...), authority-form (CONNECT
+    only) or asterisk-form (OPTIONS only). llhttp enforces this; h11 does not, so both adapters
+    check it here and agree."""
+    if target.startswith(b"/"):
+        return True
+    if target == b"*":
+        return method == b"OPTIONS"
+    if method == b"CONNECT":
+        return b"/" not in target and b":" in target
+    scheme, sep, _ = target.partition(b"://")
+    return bool(sep) and scheme.isalpha()
+
+
 def request_head(method: bytes, target: bytes, minor: int, headers: Headers) -> RequestHead:
+    if not _valid_target(method, target):
+        raise ParseError(400, "invalid request target")
     cl, te, tokens, host, expect = _framing(headers)
     if te is not None and te != b"chunked":
         raise ParseError(501, "unsupported Transfer-Encoding")

@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Final
 
+from meshns.dataplane.metrics import TcpObs
 from meshns.dataplane.stats import DirectionStats
 
 HIGH_WATER: Final = 256 * 1024
@@ -32,11 +33,15 @@ class _End(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.peer.transport.write(data)
-        self.pipe.touched = True
+        pipe = self.pipe
+        pipe.touched = True
+        n = len(data)
         if self.count_up:
-            self.pipe.dstats.bytes_up += len(data)
+            pipe.dstats.bytes_up += n
+            pipe.obs.received += n
         else:
-            self.pipe.dstats.bytes_down += len(data)
+            pipe.dstats.bytes_down += n
+            pipe.obs.sent += n
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -70,11 +75,12 @@ class _End(asyncio.Protocol):
 
 
 class Pipe:
-    __slots__ = ("client", "done", "dstats", "finished", "idle_s", "timer", "touched", "upstream")
+    __slots__ = ("client", "done", "dstats", "finished", "idle_s", "obs", "timer", "touched", "upstream")
 
     def __init__(self, client: asyncio.Transport, upstream: asyncio.Transport, dstats: DirectionStats,
-                 idle_s: float, done: Callable[[], None]) -> None:
+                 idle_s: float, done: Callable[[], None], obs: TcpObs) -> None:
         self.dstats = dstats
+        self.obs = obs
         self.idle_s = idle_s
         self.done = done
         self.touched = False

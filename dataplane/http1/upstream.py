@@ -53,13 +53,17 @@ class UpstreamUser(Protocol):
     def up_resume(self) -> None: ...
 
 
+class ConnDropper(Protocol):
+    def drop(self, conn: UpstreamConn) -> None: ...
+
+
 class UpstreamConn(asyncio.Protocol):
     __slots__ = ("counted", "idle_handle", "key", "lost", "pool", "requests", "transport", "user",
                  "write_paused")
 
     transport: asyncio.Transport
 
-    def __init__(self, pool: ServicePool, key: Key) -> None:
+    def __init__(self, pool: ConnDropper, key: Key) -> None:
         self.pool = pool
         self.key = key
         self.user: UpstreamUser | None = None

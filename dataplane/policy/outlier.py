@@ -86,6 +86,11 @@ class OutlierDetector:
     def ejected(self, now: float) -> set[str]:
         return {ip for ip in list(self._ejected) if self.is_ejected(ip, now)}
 
+    def ejected_until(self, ip: str) -> float | None:
+        """When the ejection of ``ip`` ends (loop time), for /clusters; None if not ejected."""
+        h = self._hosts.get(ip)
+        return None if h is None or ip not in self._ejected else h.ejected_until
+
     def times_ejected(self, ip: str) -> int:
         h = self._hosts.get(ip)
         return 0 if h is None else h.times_ejected

@@ -63,8 +63,11 @@ def test_default_plan_mirrors_istio() -> None:
         '-A OUTPUT -p tcp -m comment --comment "meshns: capture outbound TCP" -j MESHNS_OUTPUT'
     ]
     assert lines(plan, INBOUND_CHAIN) == [
+        # Istio's 15090 rule: Prometheus scrapes reach the sidecar's metrics listener.
+        '-A MESHNS_INBOUND -p tcp -m tcp --dport 15090 -m comment --comment "meshns: sidecar metrics port 15090" '
+        "-j RETURN",
         '-A MESHNS_INBOUND -p tcp -m comment --comment "meshns: inbound TCP to the sidecar" '
-        "-j MESHNS_IN_REDIRECT"
+        "-j MESHNS_IN_REDIRECT",
     ]
     assert lines(plan, REDIRECT_CHAIN)[0].endswith("-j REDIRECT --to-ports 15001")
     assert lines(plan, IN_REDIRECT_CHAIN)[0].endswith("-j REDIRECT --to-ports 15006")
@@ -103,7 +106,7 @@ def ret(chain: str, middle: str, why: str) -> str:
                 ret(INBOUND_CHAIN, "-p tcp -m tcp --dport 22", "inbound port 22 excluded"),
                 ret(INBOUND_CHAIN, "-p tcp -m tcp --dport 8443", "inbound port 8443 excluded"),
             ],
-            0,
+            1,  # after the metrics port's RETURN
         ),
         # Outbound exclusions come after every loop breaker and before the final jump.
         (

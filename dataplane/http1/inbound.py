@@ -1,0 +1,412 @@
+"""The server side of the mesh: an inbound connection to the app, HTTP/1.x-aware when it can be.
+
+Theory of operation
+-------------------
+The relay hands every inbound connection it would forward to ``take_over_inbound``. From there:
+
+    detecting  the app is dialled at once (from the inbound source address, to the original
+               destination), while the client's first bytes are awaited: whoever speaks first
+               decides. The app speaking first, or client bytes that cannot start an HTTP/1.x
+               request line, or a client FIN -> opaque. A request line -> http.
+    opaque     a raw byte ``Pipe`` between client and app, with TCP metrics (what the L4 relay
+               did before). If the app cannot be reached, the client is closed.
+    http       requests are parsed and forwarded one at a time (``InboundExchange``) over the one
+               app connection, in order; a pipelined request waits with the client paused. If
+               the app closed its side of a keep-alive, the next request dials again. An app that
+               cannot be reached gives 503 with response flag UF (so the calling sidecar knows the
+               request never reached the app). A 101 turns the connection into a ``Pipe``.
+
+Reading from the client is paused for independent reasons kept as bits (see ``downstream``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Final, cast
+
+from meshns.dataplane.decide import Forward
+from meshns.dataplane.http1.context import HttpContext
+from meshns.dataplane.http1.detect import Http1, NeedMore, detect
+from meshns.dataplane.http1.downstream import HIGH_WATER, LOW_WATER, PAUSE_OPAQUE, PAUSE_PIPELINE, PAUSE_UPGRADE
+from meshns.dataplane.http1.head import ParseError, RequestHead, local_response
+from meshns.dataplane.http1.inbound_exchange import InboundExchange
+from meshns.dataplane.http1.parser import RequestParser
+from meshns.dataplane.http1.pipe import Pipe
+from meshns.dataplane.http1.upstream import UpstreamConn
+from meshns.dataplane.metrics import TcpObs
+from meshns.dataplane.observe import NULL_TCP, peername_of
+
+log = logging.getLogger("meshns.dataplane.http1.inbound")
+
+# How long an undecided client may stay silent once the app is known to be unreachable.
+REFUSAL_SNIFF_S: Final = 1.0
+
+
+class InboundConnection(asyncio.Protocol):
+    transport: asyncio.Transport
+
+    def __init__(self, hctx: HttpContext, transport: asyncio.Transport, fwd: Forward) -> None:
+        self.hctx = hctx
+        self.transport = transport
+        self.fwd = fwd
+        self.app_addr = str(fwd.target)
+        self.default_host = self.app_addr.encode()
+        self.source = peername_of(transport)
+        self.peers = hctx.obs.inbound(self.source.rpartition(":")[0], fwd.target.ip, fwd.target.port)
+        self.http = False
+        self.opaque = False
+        self.buf = b""
+        self.up_first: list[bytes] = []
+        self.client_eof = False
+        self.app: UpstreamConn | None = None
+        self.dial_task: asyncio.Task[None] | None = None
+        self.dial_failed = False
+        self.waiting: InboundExchange | None = None
+        self.parser: RequestParser | None = None
+        self.current: InboundExchange | None = None
+        self.parsing: InboundExchange | None = None
+        self.queue: collections.deque[InboundExchange] = collections.deque()
+        self.paused = 0
+        self.write_paused = False
+        self.lost = False
+        self.upgrade_rest = b""
+        self.pipe: Pipe | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.bad: ParseError | None = None
+        self.requests_seen = 0
+        self.requests_at_tick = -1
+
+    # lifecycle
+
+    def begin(self) -> None:
+        hctx = self.hctx
+        hctx.stats.active += 1
+        hctx.live.add(self)
+        self.transport.set_protocol(self)
+        self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        self.dial()
+        self.timer = asyncio.get_running_loop().call_later(hctx.config.idle_timeout_s, self.idle_tick)
+
+    def idle_tick(self) -> None:
+        self.timer = None
+        if self.pipe is not None:
+            return
+        if self.current is None and self.requests_seen == self.requests_at_tick:
+            self.transport.close()
+            return
+        self.requests_at_tick = self.requests_seen
+        self.timer = asyncio.get_running_loop().call_later(self.hctx.config.idle_timeout_s, self.idle_tick)
+
+    def close_if_idle(self) -> None:
+        if self.http and self.current is None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.dial_task is not None:
+            self.dial_task.cancel()
+        if self.current is not None:
+            self.current.downstream_lost()
+        self.queue.clear()
+        if self.pipe is None:
+            if self.app is not None:
+                self.close(self.app, abort=True)
+            self.done()
+
+    def done(self) -> None:
+        if self in self.hctx.live:
+            self.hctx.live.discard(self)
+            self.hctx.stats.active -= 1
+
+    def abort(self) -> None:
+        if self.pipe is not None:
+            self.pipe.abort()
+        else:
+            self.transport.abort()
+
+    def buffered_bytes(self) -> int:
+        n = self.transport.get_write_buffer_size()
+        if self.app is not None:
+            n += self.app.transport.get_write_buffer_size()
+        return n
+
+    # the app connection (this object is its ConnOwner and, while detecting, its user)
+
+    def dial(self) -> None:
+        self.dial_task = asyncio.ensure_future(self._dial())
+
+    async def _dial(self) -> None:
+        made: list[UpstreamConn] = []
+
+        def factory() -> UpstreamConn:
+            conn = UpstreamConn(self, self.fwd.target.as_tuple())
+            conn.user = None if self.http else self
+            made.append(conn)
+            return conn
+
+        try:
+            async with asyncio.timeout(self.hctx.config.connect_timeout_s):
+                await self.hctx.connector(factory, self.fwd)
+        except (OSError, TimeoutError) as exc:
+            self.dial_task = None
+            self.hctx.stats.connect_failures += 1
+            log.info("app connect failed %s -> %s: %r", self.source, self.app_addr, exc)
+            self.app_unreachable()
+            return
+        self.dial_task = None
+        conn = made[-1]
+        if self.lost:
+            conn.transport.abort()
+            return
+        self.dial_failed = False
+        self.app = conn
+        conn.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            waiting.app_ready(conn)
+        elif self.opaque or self.up_first:
+            self.start_pipe()
+
+    def app_unreachable(self) -> None:
+        self.dial_failed = True
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            waiting.app_failed()
+        elif self.opaque:
+            self.transport.close()
+        elif not self.http:
+            asyncio.get_running_loop().call_later(REFUSAL_SNIFF_S, self.undecided_timeout)
+
+    def undecided_timeout(self) -> None:
+        if not self.http and not self.lost:
+            self.transport.close()
+
+    def want_app(self, ex: InboundExchange) -> None:
+        app = self.app
+        if app is not None and app.usable():
+            app.user = None
+            ex.app_ready(app)
+        elif self.dial_failed:
+            ex.app_failed()
+        else:
+            self.waiting = ex
+            if self.dial_task is None:
+                self.dial()
+
+    def close(self, conn: UpstreamConn, abort: bool = False) -> None:
+        conn.user = None
+        if abort:
+            conn.transport.abort()
+        else:
+            conn.transport.close()
+        self.drop(conn)
+
+    def release(self, conn: UpstreamConn, reusable: bool) -> None:
+        conn.user = None
+        if not reusable or not conn.usable():
+            self.close(conn)
+            return
+        if conn.write_paused:
+            conn.resume_writing()
+        conn.transport.resume_reading()
+
+    def drop(self, conn: UpstreamConn) -> None:
+        if self.app is conn:
+            self.app = None
+
+    def up_data(self, conn: UpstreamConn, data: bytes) -> None:
+        self.up_first.append(data)  # the app spoke first: not HTTP
+        if self.app is conn:
+            self.go_opaque()
+
+    def up_eof(self, conn: UpstreamConn) -> None:
+        pass
+
+    def up_lost(self, conn: UpstreamConn, exc: Exception | None) -> None:
+        if self.opaque and self.pipe is None:
+            self.transport.close()
+
+    def up_pause(self) -> None:
+        pass
+
+    def up_resume(self) -> None:
+        pass
+
+    # pausing the client
+
+    def pause(self, bit: int) -> None:
+        if not self.paused:
+            self.transport.pause_reading()
+        self.paused |= bit
+
+    def resume(self, bit: int) -> None:
+        if self.paused & bit:
+            self.paused &= ~bit
+            if not self.paused and not self.lost:
+                self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        cur = self.current
+        if cur is not None and cur.up is not None:
+            cur.up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        cur = self.current
+        if cur is not None and cur.up is not None:
+            cur.up.transport.resume_reading()
+
+    # client bytes
+
+    def data_received(self, data: bytes) -> None:
+        if self.http:
+            self.feed(data)
+            return
+        self.buf += data
+        if self.opaque:
+            return
+        verdict = detect(self.buf)
+        if isinstance(verdict, NeedMore):
+            return
+        if isinstance(verdict, Http1):
+            self.go_http()
+        else:
+            self.go_opaque()
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        if self.http:
+            if self.current is None:
+                self.transport.close()
+            return True
+        self.go_opaque()
+        return True
+
+    def feed(self, data: bytes) -> None:
+        assert self.parser is not None
+        try:
+            rest = self.parser.feed(data)
+        except ParseError as exc:
+            self.hctx.stats.http_bad_requests += 1
+            log.info("bad inbound request from %s: %d %s", self.source, exc.status, exc.reason)
+            self.http = False
+            self.opaque = True  # ignore anything further
+            self.pause(PAUSE_PIPELINE)
+            if self.current is None:
+                self.reply_bad(exc)
+            else:
+                self.bad = exc
+            return
+        if rest is not None:
+            self.upgrade_rest = rest
+            self.pause(PAUSE_UPGRADE)
+
+    def reply_bad(self, exc: ParseError) -> None:
+        self.transport.write(local_response(exc.status, "Bad Request", [], b"Bad Request\n", close=True))
+        self.transport.close()
+
+    def on_request_head(self, head: RequestHead) -> None:
+        self.requests_seen += 1
+        ex = InboundExchange(self, head)
+        self.parsing = ex
+        if self.current is None:
+            self.current = ex
+            ex.start()
+        else:
+            self.queue.append(ex)
+            self.pause(PAUSE_PIPELINE)
+
+    def on_request_body(self, data: bytes) -> None:
+        ex = self.parsing
+        if ex is not None:
+            self.hctx.stats.inbound.bytes_up += len(data)
+            ex.request_body(data)
+
+    def on_request_complete(self) -> None:
+        if self.parsing is not None:
+            self.parsing.request_complete()
+
+    def flow_finished(self, ex: InboundExchange, keep_alive: bool) -> None:
+        if ex is not self.current or self.lost:
+            return
+        self.current = None
+        if self.bad is not None:
+            self.reply_bad(self.bad)
+            return
+        if not keep_alive or (self.client_eof and not self.queue) or self.hctx.draining:
+            self.transport.close()
+            return
+        if self.queue:
+            self.current = self.queue.popleft()
+            if not self.queue:
+                self.resume(PAUSE_PIPELINE)
+            self.current.start()
+        else:
+            self.resume(PAUSE_PIPELINE)
+
+    # detection outcomes
+
+    def go_http(self) -> None:
+        self.http = True
+        if self.app is not None:
+            self.app.user = None
+        self.parser = self.hctx.kit.request(self)
+        data, self.buf = self.buf, b""
+        self.feed(data)
+
+    def go_opaque(self) -> None:
+        if self.pipe is not None:
+            return
+        self.opaque = True
+        self.pause(PAUSE_OPAQUE)
+        if self.app is not None:
+            self.start_pipe()
+        elif self.dial_failed:
+            self.transport.close()
+
+    def start_pipe(self) -> None:
+        conn = self.app
+        assert conn is not None
+        obs = self.hctx.obs.tcp_start(self.peers, self.peers.destination_workload, self.source,
+                                      self.app_addr)
+        to_up = [self.buf] if self.buf else []
+        self.buf = b""
+        self._pipe_to(conn, to_up, self.up_first, obs)
+
+    def start_upgrade(self, conn: UpstreamConn, rest: bytes) -> None:
+        self.http = False
+        self.current = None
+        to_up = [self.upgrade_rest] if self.upgrade_rest else []
+        self._pipe_to(conn, to_up, [rest] if rest else [], NULL_TCP)
+
+    def _pipe_to(self, conn: UpstreamConn, to_up: list[bytes], to_client: list[bytes], obs: TcpObs) -> None:
+        conn.user = None
+        self.app = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        dstats = self.hctx.stats.inbound
+        up_n, down_n = sum(map(len, to_up)), sum(map(len, to_client))
+        obs.received += up_n
+        obs.sent += down_n
+        dstats.bytes_up += up_n
+        dstats.bytes_down += down_n
+
+        def ended() -> None:
+            self.hctx.obs.tcp_end(obs)
+            self.done()
+
+        self.pipe = Pipe(self.transport, conn.transport, dstats, self.hctx.config.idle_timeout_s, ended, obs)
+        self.paused = 0
+        self.pipe.start(to_up, to_client, self.client_eof)
+
+
+def take_over_inbound(hctx: HttpContext, transport: asyncio.BaseTransport, fwd: Forward) -> bool:
+    """The relay's inbound hook: this module owns every forwarded inbound connection."""
+    InboundConnection(hctx, cast(asyncio.Transport, transport), fwd).begin()
+    return True

@@ -1,0 +1,151 @@
+"""One request through the server's sidecar to the app: no routing, no retries, one connection.
+
+The inbound counterpart of ``flow.RequestFlow``, on the same byte machinery (``Exchange``): the
+request head is rewritten for tracing and serialised, written to the inbound connection's app
+connection (dialled or reused by ``InboundConnection``), and the response streams back through
+the exchange callbacks. The app's keep-alive decision is passed on: when the app will close its
+connection, the client's response says ``Connection: close`` too, so the two stay in step. A
+failure before the response head is a local 503 (UF: the app could not be reached; UC: it closed
+or reset before answering); after it, the client is reset so a truncated body never looks whole.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from meshns.dataplane.http1.exchange import Discard, Exchange
+from meshns.dataplane.http1.flow import grpc_status_of
+from meshns.dataplane.http1.head import (
+    RequestHead,
+    ResponseHead,
+    local_response,
+    serialize_request,
+    serialize_response,
+)
+from meshns.dataplane.http1.upstream import UpstreamConn
+from meshns.dataplane.policy import flags
+from meshns.dataplane.tracing import rewrite_trace
+
+if TYPE_CHECKING:
+    from meshns.dataplane.http1.inbound import InboundConnection
+
+
+class InboundExchange(Exchange):
+    down: InboundConnection
+
+    def __init__(self, down: InboundConnection, head: RequestHead) -> None:
+        self.down = down
+        self.hctx = down.hctx
+        self.head = head
+        self.pool = down
+        self._init_exchange()
+        self.replay = None  # never retried: no copy of the body is kept
+        self.t0 = time.perf_counter()
+        self.peers = down.peers
+        self.endpoint_pod = down.peers.destination_workload
+        self.upstream_host = down.app_addr
+        self.status = 0
+        self.grpc_status = ""
+        self.request_id = ""
+        self.flags: list[str] = []
+        self.tries = 0
+        self.sent_100 = False
+
+    def start(self) -> None:
+        self.hctx.stats.http_requests += 1
+        # The client's sidecar made this hop's span; a request from outside the mesh gets an id
+        # and a trace here.
+        self.request_id = rewrite_trace(self.head.headers, self.hctx.obs.bits, True, new_span=False)
+        self.request_bytes = serialize_request(self.head, self.down.default_host)
+        self.down.want_app(self)
+
+    def app_ready(self, conn: UpstreamConn) -> None:
+        self.tries = 1
+        self.attach(conn)
+
+    def app_failed(self) -> None:
+        self.local_reply(503, flags.UF)
+
+    # response
+
+    def on_response_head(self, rh: ResponseHead) -> None:
+        status = rh.status
+        if status < 200 and status != 101:
+            if status == 100 and self.head.expect_continue and not self.sent_100 and self.head.minor == 1:
+                self.sent_100 = True
+                self.out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return
+        if status == 101 and not self.head.upgrade:
+            self.upstream_broken("101 without an upgrade request")
+            raise Discard
+        self.committed = True
+        self.status = status
+        self.grpc_status = grpc_status_of(rh.headers)
+        head = self.head
+        self.resp_keep_alive = rh.keep_alive
+        no_body = head.method == b"HEAD" or status in (204, 304) or status == 101
+        keep = head.keep_alive and not head.upgrade and (rh.keep_alive or status == 101)
+        if no_body or rh.content_length is not None:
+            self.chunked_out = False
+        elif head.minor == 1:
+            self.chunked_out = True
+        else:
+            self.chunked_out = False
+            keep = False
+        self.keep_alive = keep
+        self.out.append(serialize_response(
+            rh, [], chunked=self.chunked_out, close=not keep and status != 101,
+            keep_alive_10=keep and head.minor == 0))
+
+    def upgraded(self, conn: UpstreamConn, rest: bytes) -> None:
+        self.up = None
+        conn.user = None
+        self.finished = True
+        self.hctx.obs.http_done(self)
+        self.down.start_upgrade(conn, rest)
+
+    def upstream_broken(self, why: str) -> None:
+        if not self.committed:
+            self.detach(abort=True)
+            self.local_reply(503, flags.UC)
+            return
+        super().upstream_broken(why)
+
+    def note_flag(self, flag: str) -> None:
+        self.flags.append(flag)
+
+    # endings
+
+    def local_reply(self, status: int, flag: str) -> None:
+        self.hctx.stats.http_local_replies += 1
+        if self.committed:
+            self.down.abort()
+            return
+        self.committed = True
+        self.status = status
+        self.flags.append(flag)
+        text = ",".join(self.flags)
+        extra = [b"%s: %s\r\n" % (flags.FLAGS_HEADER.encode(), text.encode())]
+        body = b"" if self.head.method == b"HEAD" else (
+            f"upstream connect error: the application in this pod is not reachable ({text})\n".encode())
+        self.down.transport.write(local_response(status, "Service Unavailable", extra, body, close=True))
+        self.finish(False)
+
+    def finish(self, keep_alive: bool) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.hctx.stats.inbound.bytes_down += self.resp_body_bytes
+        self.hctx.obs.http_done(self)
+        self.down.flow_finished(self, keep_alive)
+
+    def downstream_lost(self) -> None:
+        if self.finished:
+            return
+        self.flags.append(flags.DC)
+        self.detach(abort=True)
+        self.finish(False)
+
+    def source_address(self) -> str:
+        return self.down.source
