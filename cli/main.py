@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 import click
 
-from meshns.cli import config_cmds
+from meshns.cli import config_cmds, ops_cmds
 from meshns.cli.output import emit, table
 from meshns.config import ConfigRequest
 from meshns.errors import MeshnsError, NotFoundError, UserError
@@ -58,17 +57,21 @@ def cli(ctx: click.Context, state_dir: str | None, bridge: str | None, pod_cidr:
               help="Pod label, e.g. version=v2 (DestinationRule subsets select on them). Repeatable.")
 @click.option("--http-parser", type=click.Choice(["auto", "httptools", "h11"]), default="auto", show_default=True,
               help="The sidecar's HTTP/1 parser: httptools (llhttp) is the fast path, h11 the reference.")
+@click.option("--drain-timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="On delete, seconds the sidecar lets in-flight requests finish (after the app stopped).")
 @click.option("--dry-run", is_flag=True, help="Print the namespace plan and the rules; change nothing.")
 @click.pass_context
 def create(ctx: click.Context, name: str, app: tuple[str, ...], exclude_outbound_ports: str,
            exclude_inbound_ports: str, exclude_outbound_cidrs: str, ready_timeout: float,
-           services: tuple[str, ...], labels: tuple[str, ...], http_parser: str, dry_run: bool) -> None:
+           services: tuple[str, ...], labels: tuple[str, ...], http_parser: str, drain_timeout: float,
+           dry_run: bool) -> None:
     """Create pod NAME (optionally running APP inside it: create NAME -- CMD ARGS...)."""
     spec = PodSpec(
         app=tuple(app),
         services=tuple(parse_service_decl(s) for s in services),
         labels=tuple(sorted(dict(parse_label(x) for x in labels).items())),
         http_parser=http_parser,
+        drain_timeout_s=drain_timeout,
         exclude_outbound_ports=parse_port_list(exclude_outbound_ports),
         exclude_inbound_ports=parse_port_list(exclude_inbound_ports),
         exclude_outbound_cidrs=parse_cidr_list(exclude_outbound_cidrs),
@@ -148,46 +151,6 @@ def _age(seconds: float) -> str:
     return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
 
 
-@cli.command(name="status")
-@click.argument("name", required=False)
-@OUTPUT
-@click.pass_context
-def status_(ctx: click.Context, name: str | None, fmt: str) -> None:
-    """Show a pod in detail (or all pods): address, veth, rules, sidecar and app."""
-    require_root("meshns status")
-    mesh = _mesh(ctx)
-    records = mesh.registry.list_pods()
-    if name is not None:
-        records = [r for r in records if r.name == name]
-        if not records:
-            raise NotFoundError(f"pod {name!r} does not exist")
-    details = [status.detail(mesh, r) for r in records]
-    emit(details[0] if name is not None else details, fmt,
-         "\n\n".join(_render_detail(d) for d in details) or "no pods")
-
-
-def _render_detail(d: dict[str, Any]) -> str:
-    stats = d.get("sidecar_stats") or {}
-    lines = [
-        f"pod:        {d['name']} ({d['state']}, {d['phase']})",
-        f"address:    {d['ip']} on {d['netns']}, veth {d['veth']} -> bridge {d['bridge']}",
-        f"rules:      {d['rules']}",
-        f"sidecar:    pid {d['sidecar_pid']} {d['sidecar']}, restarts {d['sidecar_restarts']}",
-        f"app:        pid {d['app_pid'] or '-'} {d['app']}: {' '.join(d['app_command']) or '(none)'}",
-        f"log:        {d['log']}",
-        f"app log:    {d['app_log']}",
-    ]
-    if stats:
-        flat = {f"{k}.{sub}" if isinstance(v, dict) else k: sv
-                for k, v in stats.items() for sub, sv in (v.items() if isinstance(v, dict) else [(k, v)])}
-        lines.append("traffic:    " + ", ".join(f"{k}={v}" for k, v in sorted(flat.items())
-                                                if isinstance(v, int) and not isinstance(v, bool)
-                                                and k != "pid"))
-    if d.get("error"):
-        lines.append(f"error:      {d['error']}")
-    return "\n".join(lines)
-
-
 @cli.command()
 @click.pass_context
 def gc(ctx: click.Context) -> None:
@@ -199,6 +162,7 @@ def gc(ctx: click.Context) -> None:
 
 
 config_cmds.register(cli, _mesh, OUTPUT)
+ops_cmds.register(cli, _mesh, OUTPUT)
 
 
 def main() -> None:

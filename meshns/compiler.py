@@ -62,8 +62,13 @@ def compile_services(services: Sequence[ServiceRecord], pods: Sequence[PodRecord
     return tuple(out), warnings
 
 
-def snapshot_for(pod: str, generation: int, services: tuple[Service, ...]) -> Snapshot:
-    return Snapshot(version=generation, pod=pod, services=services)
+def workloads_of(pods: Sequence[PodRecord]) -> tuple[Endpoint, ...]:
+    return tuple(Endpoint(p.name, str(p.ip), p.spec.labels) for p in pods)
+
+
+def snapshot_for(pod: str, generation: int, services: tuple[Service, ...],
+                 workloads: tuple[Endpoint, ...] = ()) -> Snapshot:
+    return Snapshot(version=generation, pod=pod, services=services, workloads=workloads)
 
 
 def describe(snapshot: Snapshot) -> str:

@@ -42,6 +42,7 @@ class PodSpec:
     labels: tuple[tuple[str, str], ...] = field(default=())
     services: tuple[ServicePortDecl, ...] = ()
     http_parser: str = "auto"  # the sidecar's HTTP/1 parser: auto (httptools), httptools or h11
+    drain_timeout_s: float = 5.0  # on stop, the sidecar finishes in-flight requests for up to this
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -58,6 +59,7 @@ class PodSpec:
             services=tuple(ServicePortDecl(str(d["service"]), int(d["port"]), int(d["target_port"]))
                            for d in raw.get("services", ())),
             http_parser=str(raw.get("http_parser", "auto")),
+            drain_timeout_s=float(raw.get("drain_timeout_s", 5.0)),  # absent in older rows
         )
 
 

@@ -35,9 +35,9 @@ from meshns.names import netns_name, validate_pod_name, veth_host_name
 from meshns.netns import apply, files, hostguard, ipam, procs, supervisor
 from meshns.netns.plan import PodNetPlan, plan_pod_network, render_plan
 from meshns.netns.publish import publish
+from meshns.ports import METRICS_PORT
 
 ENDPOINT_REMOVAL_GRACE_S = 0.6
-SUPERVISOR_STOP_S = supervisor.APP_GRACE_S + supervisor.SIDECAR_GRACE_S + 2.0
 
 
 def intercept_spec(spec: PodSpec) -> InterceptSpec:
@@ -124,7 +124,9 @@ def _build(mesh: Mesh, record: PodRecord, net: PodNetPlan, rules: RulePlan,
     pod_dir = mesh.cfg.pod_dir(record.name)
     pod_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
     _write_json(pod_dir / "sidecar.json", {"pod": record.name, "pod_ip": str(record.ip),
-                                           "http_parser": record.spec.http_parser})
+                                           "http_parser": record.spec.http_parser,
+                                           "drain_timeout_s": record.spec.drain_timeout_s,
+                                           "metrics_port": METRICS_PORT})
     _write_json(pod_dir / "supervisor.json", {
         "pod": record.name, "netns": record.netns, "pod_ip": str(record.ip),
         "gateway": str(ipam.gateway(mesh.cfg.pod_cidr)), "app": list(record.spec.app),
@@ -197,13 +199,14 @@ def delete(mesh: Mesh, name: str) -> None:
     teardown(mesh, record)
 
 
-def stop_supervisors(mesh: Mesh, pod: str) -> None:
-    """Stop the pod's supervisor(s) gracefully: it stops the app, then the sidecar."""
+def stop_supervisors(mesh: Mesh, pod: str,
+                     drain_timeout_s: float = supervisor.DEFAULT_DRAIN_TIMEOUT_S) -> None:
+    """Stop the pod's supervisor(s) gracefully: it stops the app, then the sidecar (which drains)."""
     pids = procs.find_processes(supervisor.SUPERVISOR_MODULE, str(mesh.cfg.state_dir), pod)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + SUPERVISOR_STOP_S
+    deadline = time.monotonic() + supervisor.supervisor_stop_s(drain_timeout_s)
     while time.monotonic() < deadline and any(procs.alive(p) for p in pids):
         time.sleep(0.02)
     procs.terminate(pids, 0.0)
@@ -211,7 +214,7 @@ def stop_supervisors(mesh: Mesh, pod: str) -> None:
 
 def teardown(mesh: Mesh, record: PodRecord) -> None:
     """Remove everything a pod has, in any state of completion. Idempotent."""
-    stop_supervisors(mesh, record.name)
+    stop_supervisors(mesh, record.name, record.spec.drain_timeout_s)
     # Whatever still runs in the namespace (children the app forked, exec'd shells) goes too:
     # a process left inside would keep the namespace and its veth alive.
     procs.terminate(procs.pids_in_netns(record.netns), 2.0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from meshns.compiler import compile_services, snapshot_for, stored_docs
+from meshns.compiler import compile_services, snapshot_for, stored_docs, workloads_of
 from meshns.mesh import Mesh
 from meshns.netns import files
 
@@ -34,10 +34,11 @@ def publish(mesh: Mesh) -> list[str]:
         pods = reg.list_pods()
         services = reg.list_services()
         compiled, warnings = compile_services(services, pods, stored_docs(reg.list_configs()))
+        workloads = workloads_of(pods)
         hosts = files.render_hosts([(p.name, p.ip) for p in pods] + [(s.name, s.vip) for s in services])
         for pod in pods:
             files.write_hosts(pod.netns, hosts)
             pod_dir = mesh.cfg.pod_dir(pod.name)
             if pod_dir.is_dir():
-                write_atomic(pod_dir / SNAPSHOT_FILE, snapshot_for(pod.name, generation, compiled).to_json())
+                write_atomic(pod_dir / SNAPSHOT_FILE, snapshot_for(pod.name, generation, compiled, workloads).to_json())
     return warnings

@@ -43,7 +43,19 @@ BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 1.0
 STABLE_AFTER_S = 10.0
 APP_GRACE_S = 5.0
-SIDECAR_GRACE_S = 10.0
+# The sidecar finishes in-flight requests for up to its drain timeout after SIGTERM; it gets
+# this much longer to exit before SIGKILL (closing listeners, flushing logs, interpreter exit).
+DEFAULT_DRAIN_TIMEOUT_S = 5.0
+SIDECAR_EXIT_MARGIN_S = 2.0
+
+
+def sidecar_stop_s(drain_timeout_s: float) -> float:
+    return drain_timeout_s + SIDECAR_EXIT_MARGIN_S
+
+
+def supervisor_stop_s(drain_timeout_s: float) -> float:
+    """How long a supervisor may take to stop gracefully: app grace, then the sidecar's drain."""
+    return APP_GRACE_S + sidecar_stop_s(drain_timeout_s) + 1.0
 
 
 @dataclass
@@ -68,6 +80,7 @@ class Supervisor:
         self.stopping = False
         self.sidecar: subprocess.Popen[bytes] | None = None
         self.app: subprocess.Popen[bytes] | None = None
+        self.drain_timeout_s = DEFAULT_DRAIN_TIMEOUT_S
 
     # -- state file ------------------------------------------------------------------------
     def save(self) -> None:
@@ -91,6 +104,7 @@ class Supervisor:
         # The proxy user need not reach the state directory: it gets its config on stdin and an
         # open descriptor of the pod directory, from which it reads snapshot.json (openat).
         config = json.loads((self.pod_dir / "sidecar.json").read_text())
+        self.drain_timeout_s = float(config.get("drain_timeout_s", DEFAULT_DRAIN_TIMEOUT_S))
         dir_fd = os.open(self.pod_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             config["snapshot_dir_fd"] = dir_fd
@@ -191,8 +205,11 @@ class Supervisor:
         self.save()
         self.log("stopping: app first, then the sidecar")
         if self.app is not None and self.app.poll() is None:
+            # The sidecar keeps serving meanwhile, so the app's in-flight requests can complete.
+            self.log(f"stopping app pid={self.app.pid}: SIGTERM to its group, up to {APP_GRACE_S:g} s")
             _stop(self.app, APP_GRACE_S, group=True)
             self.state.app_exit_code = self.app.returncode
+            self.log(f"app exited with {self.app.returncode}")
         if self.state.app_state == "running":
             self.state.app_state = "stopped"
         self._stop_sidecar()
@@ -203,7 +220,10 @@ class Supervisor:
 
     def _stop_sidecar(self) -> None:
         if self.sidecar is not None and self.sidecar.poll() is None:
-            _stop(self.sidecar, SIDECAR_GRACE_S, group=False)
+            drain_s = self.drain_timeout_s
+            self.log(f"stopping sidecar pid={self.sidecar.pid}: drain up to {drain_s:g} s")
+            _stop(self.sidecar, sidecar_stop_s(drain_s), group=False)
+            self.log(f"sidecar exited with {self.sidecar.returncode}")
 
 
 def _stop(proc: subprocess.Popen[bytes], grace_s: float, group: bool) -> None:

@@ -42,6 +42,11 @@ echo "$out"
 
 run meshns status demo-client
 
+say "meshns metrics demo-client | grep '^istio_requests_total'     # Istio's metric names and labels"
+meshns metrics demo-client | grep '^istio_requests_total' || true
+
+run meshns explain demo-client demo-web:8080
+
 sidecar=$(meshns status demo-client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["sidecar_pid"])')
 say "kill -9 $sidecar     # the client's sidecar dies; its supervisor restarts it"
 kill -9 "$sidecar"

@@ -17,7 +17,7 @@ packages=(
   curl socat netcat-openbsd                  # unmodified clients and servers used by demo and tests
 )
 if [ "${1:-}" = "--test" ]; then
-  packages+=(tcpdump vagrant)
+  packages+=(tcpdump vagrant prometheus)   # prometheus: the tests scrape sidecars with a real one
 fi
 
 missing=()
@@ -29,6 +29,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The tests start their own Prometheus on loopback; the packaged service is not ours to run.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 # Debian's python3, not whatever python3 comes first on PATH: the same interpreter everywhere.
