@@ -12,6 +12,7 @@ pods=(demo-web demo-smtp demo-client)
 www=$(mktemp -d)
 cleanup() {
   meshns delete "${pods[@]}" >/dev/null 2>&1 || true
+  meshns service delete web >/dev/null 2>&1 || true
   meshns gc >/dev/null 2>&1 || true
   rm -rf "$www"
 }
@@ -24,13 +25,14 @@ run() { say "$*"; "$@"; }
 echo "hello from an unmodified python http.server in pod demo-web" > "$www/index.html"
 chmod 755 "$www"
 
-run meshns create demo-web -- python3 -m http.server 8080 --directory "$www"
+run meshns create demo-web --service web:8080 -- python3 -m http.server 8080 --directory "$www"
 run meshns create demo-smtp -- socat TCP-LISTEN:2525,reuseaddr,fork "SYSTEM:echo '220 demo-smtp ESMTP ready'"
 run meshns create demo-client
 run meshns list
 
-say "meshns exec demo-client -- curl -s http://demo-web:8080/"
-meshns exec demo-client -- curl -sS --retry 20 --retry-all-errors --retry-delay 0 http://demo-web:8080/
+say "meshns exec demo-client -- curl -s http://web:8080/      # the service web, balanced per request"
+meshns exec demo-client -- curl -sS --retry 20 --retry-all-errors --retry-delay 0 http://web:8080/
+run meshns service list
 
 say "meshns exec demo-client -- nc -d -w 5 demo-smtp 2525      # the client sends nothing"
 for _ in $(seq 50); do
@@ -45,19 +47,20 @@ run meshns status demo-client
 say "meshns metrics demo-client | grep '^istio_requests_total'     # Istio's metric names and labels"
 meshns metrics demo-client | grep '^istio_requests_total' || true
 
-run meshns explain demo-client demo-web:8080
+run meshns explain demo-client web:8080
 
 sidecar=$(meshns status demo-client -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["sidecar_pid"])')
 say "kill -9 $sidecar     # the client's sidecar dies; its supervisor restarts it"
 kill -9 "$sidecar"
 for _ in $(seq 50); do
-  if meshns exec demo-client -- curl -sf --max-time 2 http://demo-web:8080/ >/dev/null 2>&1; then break; fi
+  if meshns exec demo-client -- curl -sf --max-time 2 http://web:8080/ >/dev/null 2>&1; then break; fi
   sleep 0.1
 done
 meshns status demo-client | grep -E "^sidecar:"
-meshns exec demo-client -- curl -sS http://demo-web:8080/
+meshns exec demo-client -- curl -sS http://web:8080/
 
 run meshns delete "${pods[@]}"
+run meshns service delete web
 run meshns gc
 echo
 echo "demo done: pods created, traffic through the mesh, sidecar restarted, everything removed."
