@@ -21,8 +21,8 @@ import collections
 import logging
 from typing import Final, cast
 
+from meshns.dataplane.http1.client_conn import ClientConnection
 from meshns.dataplane.http1.context import HttpContext
-from meshns.dataplane.http1.detect import Http1, NeedMore, detect
 from meshns.dataplane.http1.flow import RequestFlow
 from meshns.dataplane.http1.head import ParseError, RequestHead, local_response
 from meshns.dataplane.http1.parser import RequestParser
@@ -43,7 +43,7 @@ PAUSE_OPAQUE: Final = 16
 _STATUS_TEXT: Final = {400: "Bad Request", 431: "Request Header Fields Too Large", 501: "Not Implemented"}
 
 
-class ServiceConnection(asyncio.Protocol):
+class ServiceConnection(ClientConnection):
     transport: asyncio.Transport
 
     def __init__(self, hctx: HttpContext, transport: asyncio.Transport, dst: tuple[str, int],
@@ -149,48 +149,10 @@ class ServiceConnection(asyncio.Protocol):
             n += flow.up.transport.get_write_buffer_size()
         return n
 
-    # pausing the client
 
-    def pause(self, bit: int) -> None:
-        if not self.paused:
-            self.transport.pause_reading()
-        self.paused |= bit
 
-    def resume(self, bit: int) -> None:
-        if self.paused & bit:
-            self.paused &= ~bit
-            if not self.paused and not self.lost:
-                self.transport.resume_reading()
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        flow = self.current
-        if flow is not None and flow.up is not None:
-            flow.up.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        flow = self.current
-        if flow is not None and flow.up is not None:
-            flow.up.transport.resume_reading()
-
-    # client bytes
-
-    def data_received(self, data: bytes) -> None:
-        if self.http:
-            self.feed(data)
-            return
-        self.buf += data
-        if self.opaque:
-            return  # waiting for the upstream; paused
-        verdict = detect(self.buf)
-        if isinstance(verdict, NeedMore):
-            return
-        if isinstance(verdict, Http1):
-            self.go_http()
-        else:
-            log.debug("opaque to %s: %s", self.service.name, verdict.reason)
-            self.go_opaque()
+    def opaque_because(self, reason: str) -> None:
+        log.debug("opaque to %s: %s", self.service.name, reason)
 
     def eof_received(self) -> bool:
         self.client_eof = True

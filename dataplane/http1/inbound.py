@@ -27,8 +27,8 @@ import logging
 from typing import Final, cast
 
 from meshns.dataplane.decide import Forward
+from meshns.dataplane.http1.client_conn import ClientConnection
 from meshns.dataplane.http1.context import HttpContext
-from meshns.dataplane.http1.detect import Http1, NeedMore, detect
 from meshns.dataplane.http1.downstream import HIGH_WATER, LOW_WATER, PAUSE_OPAQUE, PAUSE_PIPELINE, PAUSE_UPGRADE
 from meshns.dataplane.http1.head import ParseError, RequestHead, local_response
 from meshns.dataplane.http1.inbound_exchange import InboundExchange
@@ -44,7 +44,7 @@ log = logging.getLogger("meshns.dataplane.http1.inbound")
 REFUSAL_SNIFF_S: Final = 1.0
 
 
-class InboundConnection(asyncio.Protocol):
+class InboundConnection(ClientConnection):
     transport: asyncio.Transport
 
     def __init__(self, hctx: HttpContext, transport: asyncio.Transport, fwd: Forward) -> None:
@@ -236,47 +236,7 @@ class InboundConnection(asyncio.Protocol):
     def up_resume(self) -> None:
         pass
 
-    # pausing the client
 
-    def pause(self, bit: int) -> None:
-        if not self.paused:
-            self.transport.pause_reading()
-        self.paused |= bit
-
-    def resume(self, bit: int) -> None:
-        if self.paused & bit:
-            self.paused &= ~bit
-            if not self.paused and not self.lost:
-                self.transport.resume_reading()
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        cur = self.current
-        if cur is not None and cur.up is not None:
-            cur.up.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        cur = self.current
-        if cur is not None and cur.up is not None:
-            cur.up.transport.resume_reading()
-
-    # client bytes
-
-    def data_received(self, data: bytes) -> None:
-        if self.http:
-            self.feed(data)
-            return
-        self.buf += data
-        if self.opaque:
-            return
-        verdict = detect(self.buf)
-        if isinstance(verdict, NeedMore):
-            return
-        if isinstance(verdict, Http1):
-            self.go_http()
-        else:
-            self.go_opaque()
 
     def eof_received(self) -> bool:
         self.client_eof = True

@@ -1,0 +1,82 @@
+"""What the two client-facing HTTP/1 connections share: pausing the client, backpressure from
+the client's socket to the upstream of the exchange in flight, and the first-bytes decision.
+
+ServiceConnection (outbound, to a service VIP) and InboundConnection (inbound, to the pod's app)
+both start undecided: they buffer the client's first bytes until ``detect`` says HTTP/1 or not
+(or the upstream speaks first), then either parse requests (``go_http``, then ``feed``) or become
+a byte pipe (``go_opaque``). ``paused`` is a bit set: several reasons may hold the client's
+reading at once, and reading resumes only when none is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from meshns.dataplane.http1.detect import Http1, NeedMore, detect
+
+
+class ClientConnection(asyncio.Protocol):
+    transport: Any
+    paused: int
+    lost: bool
+    write_paused: bool
+    current: Any
+    http: bool
+    opaque: bool
+    buf: bytes
+
+    def feed(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def go_http(self) -> None:
+        raise NotImplementedError
+
+    def go_opaque(self) -> None:
+        raise NotImplementedError
+
+    def opaque_because(self, reason: str) -> None:
+        """Hook for a log line when the first bytes are not HTTP/1."""
+
+    # pausing the client
+
+    def pause(self, bit: int) -> None:
+        if not self.paused:
+            self.transport.pause_reading()
+        self.paused |= bit
+
+    def resume(self, bit: int) -> None:
+        if self.paused & bit:
+            self.paused &= ~bit
+            if not self.paused and not self.lost:
+                self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        cur = self.current
+        if cur is not None and cur.up is not None:
+            cur.up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        cur = self.current
+        if cur is not None and cur.up is not None:
+            cur.up.transport.resume_reading()
+
+    # client bytes
+
+    def data_received(self, data: bytes) -> None:
+        if self.http:
+            self.feed(data)
+            return
+        self.buf += data
+        if self.opaque:
+            return  # waiting for the upstream, or ignoring the rest
+        verdict = detect(self.buf)
+        if isinstance(verdict, NeedMore):
+            return
+        if isinstance(verdict, Http1):
+            self.go_http()
+        else:
+            self.opaque_because(verdict.reason)
+            self.go_opaque()
