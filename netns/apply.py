@@ -44,7 +44,7 @@ def _apply_step(step: Step) -> None:
                 master = ipr.link_lookup(ifname=bridge)[0]
                 ipr.link("set", index=idx, master=master, state="up")
         case ConfigurePod():
-            run_in_netns(step.netns, _configure_inside, step.ifname, step.address, step.gateway)
+            run_in_netns(step.netns, _configure_inside, step.ifname, step.address, step.gateway, step.mac)
 
 
 def ensure_bridge(name: str, address: IPv4Interface) -> None:
@@ -70,7 +70,7 @@ def ensure_bridge(name: str, address: IPv4Interface) -> None:
         ipr.link("set", index=idx, state="up")
 
 
-def _configure_inside(ifname: str, address: IPv4Interface, gw: IPv4Address) -> None:
+def _configure_inside(ifname: str, address: IPv4Interface, gw: IPv4Address, mac: str) -> None:
     for key in ("all", "default"):
         with open(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6", "w") as f:
             f.write("1")
@@ -78,6 +78,7 @@ def _configure_inside(ifname: str, address: IPv4Interface, gw: IPv4Address) -> N
         lo = ipr.link_lookup(ifname="lo")[0]
         ipr.link("set", index=lo, state="up")
         idx = ipr.link_lookup(ifname=ifname)[0]
+        ipr.link("set", index=idx, address=mac)
         ipr.addr("add", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen)
         ipr.link("set", index=idx, state="up")
         ipr.route("add", dst="default", gateway=str(gw), oif=idx)

@@ -47,6 +47,17 @@ class ConfigurePod:
     ifname: str
     address: IPv4Interface
     gateway: IPv4Address
+    mac: str
+
+
+def mac_for(ip: IPv4Address) -> str:
+    """The pod's MAC, derived from its address (as the CNI bridge plugin does, 0a:58:<ip>).
+
+    Addresses are reused after a delete; with a random MAC, every other pod's neighbour cache
+    would keep the old one and send the new pod's traffic into the void until the entry went
+    stale (tens of seconds). Same address, same MAC: nothing is stale.
+    """
+    return "0a:58:" + ":".join(f"{b:02x}" for b in ip.packed)
 
 
 Step = EnsureBridge | CreateNetns | CreateVethPair | ConfigurePod
@@ -66,7 +77,7 @@ def plan_pod_network(cfg: MeshConfig, pod: str, ip: IPv4Address, netns: str, vet
             EnsureBridge(cfg.bridge, gateway_interface(cfg.pod_cidr)),
             CreateNetns(netns),
             CreateVethPair(veth, POD_IFNAME, netns, cfg.bridge),
-            ConfigurePod(netns, POD_IFNAME, addr, gateway(cfg.pod_cidr)),
+            ConfigurePod(netns, POD_IFNAME, addr, gateway(cfg.pod_cidr), mac_for(ip)),
         ),
     )
 
@@ -86,11 +97,12 @@ def render_step(step: Step) -> list[str]:
                 f"ip link add {host} type veth peer name {peer} netns {ns}",
                 f"ip link set {host} master {bridge} up",
             ]
-        case ConfigurePod(ns, ifname, address, gw):
+        case ConfigurePod(ns, ifname, address, gw, mac):
             return [
                 f"ip netns exec {ns} sysctl -w net.ipv6.conf.all.disable_ipv6=1",
                 f"ip netns exec {ns} sysctl -w net.ipv6.conf.default.disable_ipv6=1",
                 f"ip -n {ns} link set lo up",
+                f"ip -n {ns} link set {ifname} address {mac}",
                 f"ip -n {ns} addr add {address} dev {ifname}",
                 f"ip -n {ns} link set {ifname} up",
                 f"ip -n {ns} route add default via {gw} dev {ifname}",

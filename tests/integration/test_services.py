@@ -434,3 +434,21 @@ spec:
     assert mesh.run("get", "vs", "reviews").stdout == first
     assert "virtualservice/reviews deleted" in mesh.run("delete", "-f", str(f)).stdout
     assert mesh.run("get").stdout.strip() == ""
+
+
+def test_endpoint_recreated_on_a_reused_address_is_reachable_at_once(mesh: Mesh) -> None:
+    # Addresses are reused after delete; other pods' neighbour caches must not send the new
+    # pod's traffic to the old one's MAC (that stalled connections for tens of seconds).
+    mesh.run("create", "r1", "--service", "reviews:9080", "--", *backend("r1"))
+    mesh.run("create", "client")
+    wait_app(mesh, "r1")
+    first = load(mesh, "client", f"{URL}/whoami", 50)
+    old_ip = mesh.status("r1")["ip"]
+    mesh.run("delete", "r1")
+    mesh.run("create", "r1", "--service", "reviews:9080", "--", *backend("r1"))
+    assert mesh.status("r1")["ip"] == old_ip
+    wait_app(mesh, "r1")
+    again = load(mesh, "client", f"{URL}/whoami", 300)
+    assert first["status"] == {"200": 50}
+    assert again["failures"] == [] and again["status"] == {"200": 300}, again
+    assert again["attempts"] == {"1": 300} or again["attempts"].get("1", 0) >= 299  # at most the stale pooled one

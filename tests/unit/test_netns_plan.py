@@ -25,6 +25,7 @@ def test_plan_shape() -> None:
     assert isinstance(veth, CreateVethPair) and veth.peer == "eth0" and veth.netns == "meshns-web"
     assert isinstance(pod, ConfigurePod) and str(pod.address) == "10.188.0.2/16"
     assert str(pod.gateway) == "10.188.0.1"
+    assert pod.mac == "0a:58:0a:bc:00:02"  # derived from the address: a reused address keeps its MAC
 
 
 def test_plan_golden() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +34,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, fmt: str, *args: object) -> None:
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        # http.server writes the head and the body separately; with Nagle on, a keep-alive client
+        # waits for its delayed ACK (40 ms) on every response. Real servers set TCP_NODELAY.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def reply(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
         self.send_response(code)
