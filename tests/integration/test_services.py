@@ -371,7 +371,7 @@ def test_live_config_and_endpoint_changes_lose_no_request(reviews: Mesh, tmp_pat
     apply(mesh, tmp_path, DR_SUBSETS)
     proc = subprocess.Popen(
         ["ip", "netns", "exec", mesh.netns("client"), PY, str(APPS / "load.py"), f"{URL}/whoami",
-         "-n", "3000", "-c", "4", "--pace", "0.004"], stdout=subprocess.PIPE, text=True)
+         "-n", "1000000", "--duration", "15", "-c", "4", "--pace", "0.004"], stdout=subprocess.PIPE, text=True)
     try:
         for weights in ((100, 0), (0, 100), (50, 50)):
             time.sleep(0.7)
@@ -396,8 +396,8 @@ spec:
             proc.kill()
     result = json.loads(out)
     assert result["failures"] == [], result["failures"][:5]
-    assert result["status"] == {"200": 3000}
-    assert result["backends"].get("r4", 0) > 0  # the new endpoint got traffic
+    assert list(result["status"]) == ["200"] and result["status"]["200"] > 1000
+    assert result["backends"].get("r4", 0) > 0  # the new endpoint got traffic while the load ran
 
 
 def test_apply_validates_reports_and_round_trips(mesh: Mesh, tmp_path: Path) -> None:

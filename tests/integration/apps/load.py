@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--method", default="GET")
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--pace", type=float, default=0.0, help="seconds between a worker's requests")
+    ap.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (with -n as a cap)")
     args = ap.parse_args()
     url = urlsplit(args.url)
     headers = dict(h.split(":", 1) for h in args.header)
@@ -36,10 +37,11 @@ def main() -> None:
     flags: Counter[str] = Counter()
     failures: list[str] = []
     left = [args.requests]
+    deadline = time.monotonic() + args.duration if args.duration else None
 
     def take() -> bool:
         with lock:
-            if left[0] <= 0:
+            if left[0] <= 0 or (deadline is not None and time.monotonic() >= deadline):
                 return False
             left[0] -= 1
             return True
