@@ -11,20 +11,59 @@ reading at once, and reading resumes only when none is left.
 from __future__ import annotations
 
 import asyncio
+import collections
 from typing import Any
 
 from meshns.dataplane.http1.detect import Http1, NeedMore, detect
+from meshns.dataplane.http1.upstream import HIGH_WATER, LOW_WATER
 
 
 class ClientConnection(asyncio.Protocol):
+    # Subclasses narrow the Any-typed ones to their own exchange and parser types.
+    hctx: Any
     transport: Any
     paused: int
     lost: bool
     write_paused: bool
     current: Any
+    parsing: Any
+    queue: Any
+    parser: Any
+    pipe: Any
+    bad: Any
     http: bool
     opaque: bool
     buf: bytes
+
+    def _init_client(self, hctx: Any, transport: asyncio.Transport) -> None:
+        """The state both connections start with: undecided, nothing parsed, nothing paused."""
+        self.hctx = hctx
+        self.transport = transport
+        self.http = False
+        self.opaque = False
+        self.buf = b""
+        self.up_first: list[bytes] = []
+        self.client_eof = False
+        self.parser = None
+        self.current = None
+        self.parsing = None
+        self.queue = collections.deque()
+        self.paused = 0
+        self.write_paused = False
+        self.lost = False
+        self.upgrade_rest = b""
+        self.pipe = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.bad = None
+        self.requests_seen = 0
+        self.requests_at_tick = -1
+
+    def _register(self) -> None:
+        """Take the accepted transport over: counted, tracked for drain, our write limits."""
+        self.hctx.stats.active += 1
+        self.hctx.live.add(self)
+        self.transport.set_protocol(self)
+        self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
 
     def feed(self, data: bytes) -> None:
         raise NotImplementedError

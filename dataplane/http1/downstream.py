@@ -35,8 +35,6 @@ from meshns.snapshot import Service
 
 log = logging.getLogger("meshns.dataplane.http1")
 
-HIGH_WATER: Final = 256 * 1024
-LOW_WATER: Final = 64 * 1024
 PAUSE_PIPELINE: Final = 4
 PAUSE_UPGRADE: Final = 8
 PAUSE_OPAQUE: Final = 16
@@ -45,48 +43,33 @@ _STATUS_TEXT: Final = {400: "Bad Request", 431: "Request Header Fields Too Large
 
 class ServiceConnection(ClientConnection):
     transport: asyncio.Transport
+    hctx: HttpContext
+    parser: RequestParser | None
+    current: RequestFlow | None
+    parsing: RequestFlow | None
+    queue: collections.deque[RequestFlow]
+    pipe: Pipe | None
+    bad: ParseError | None
 
     def __init__(self, hctx: HttpContext, transport: asyncio.Transport, dst: tuple[str, int],
                  service: Service) -> None:
-        self.hctx = hctx
-        self.transport = transport
+        self._init_client(hctx, transport)
         self.dst = dst
         self.default_host = f"{dst[0]}:{dst[1]}".encode()
         self.service = service
         self.state, self.pool = hctx.policy(service)
         self.peers = hctx.obs.outbound(dst[0], dst[1], service.name)
         self._source = ""
-        self.http = False
-        self.opaque = False
-        self.buf = b""
-        self.client_eof = False
         self.eager: UpstreamConn | None = None
         self.eager_task: asyncio.Task[None] | None = None
         self.eager_tried: set[str] = set()
-        self.up_first: list[bytes] = []
-        self.parser: RequestParser | None = None
-        self.current: RequestFlow | None = None
-        self.parsing: RequestFlow | None = None
-        self.queue: collections.deque[RequestFlow] = collections.deque()
-        self.paused = 0
-        self.write_paused = False
         self.closing = False
-        self.lost = False
-        self.upgrade_rest = b""
-        self.pipe: Pipe | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.bad: ParseError | None = None
-        self.requests_seen = 0
-        self.requests_at_tick = -1
 
     # lifecycle
 
     def begin(self) -> None:
         hctx = self.hctx
-        hctx.stats.active += 1
-        hctx.live.add(self)
-        self.transport.set_protocol(self)
-        self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        self._register()
         loop = asyncio.get_running_loop()
         if self.start_eager():
             self.timer = loop.call_later(hctx.config.idle_timeout_s, self.abort)

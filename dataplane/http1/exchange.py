@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 from meshns.dataplane.http1.head import ParseError, RequestHead, ResponseHead
 from meshns.dataplane.http1.parser import ResponseParser
 from meshns.dataplane.http1.upstream import UpstreamConn
+from meshns.dataplane.policy.flags import FLAGS_HEADER
 from meshns.dataplane.policy.retry import REPLAY_LIMIT_BYTES, Outcome
 from meshns.dataplane.policy.state import ServiceState
 
@@ -65,6 +66,8 @@ class Exchange:
     head: RequestHead
     state: ServiceState
     pool: ConnOwner
+    flags: list[str]
+    status: int
 
     def _init_exchange(self) -> None:
         self.up: UpstreamConn | None = None
@@ -207,10 +210,22 @@ class Exchange:
             self.note_flag("UC")
             self.down.abort()
 
-    # hooks the flow implements
-
     def note_flag(self, flag: str) -> None:
-        raise NotImplementedError
+        self.flags.append(flag)
+
+    def start_local_reply(self, status: int, flag: str) -> list[bytes] | None:
+        """The common start of a response the sidecar makes itself: counted and flagged; returns
+        the flags header line, or None when a response was already started (the client is reset)."""
+        self.hctx.stats.http_local_replies += 1
+        if self.committed:
+            self.down.abort()
+            return None
+        self.committed = True
+        self.status = status
+        self.flags.append(flag)
+        return [b"%s: %s\r\n" % (FLAGS_HEADER.encode(), ",".join(self.flags).encode())]
+
+    # hooks the flow implements
 
     def upgraded(self, conn: UpstreamConn, rest: bytes) -> None:
         raise NotImplementedError

@@ -340,18 +340,10 @@ class RequestFlow(Exchange):
 
     # endings
 
-    def note_flag(self, flag: str) -> None:
-        self.flags.append(flag)
-
     def local_reply(self, status: int, flag: str) -> None:
-        self.hctx.stats.http_local_replies += 1
-        if self.committed:
-            self.down.abort()
+        extra = self.start_local_reply(status, flag)
+        if extra is None:
             return
-        self.committed = True
-        self.status = status
-        self.flags.append(flag)
-        extra = [b"%s: %s\r\n" % (flags.FLAGS_HEADER.encode(), ",".join(self.flags).encode())]
         if self.tries:
             extra.append(b"%s: %d\r\n" % (flags.ATTEMPTS_HEADER.encode(), self.tries))
         head = self.head

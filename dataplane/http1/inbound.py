@@ -29,12 +29,12 @@ from typing import Final, cast
 from meshns.dataplane.decide import Forward
 from meshns.dataplane.http1.client_conn import ClientConnection
 from meshns.dataplane.http1.context import HttpContext
-from meshns.dataplane.http1.downstream import HIGH_WATER, LOW_WATER, PAUSE_OPAQUE, PAUSE_PIPELINE, PAUSE_UPGRADE
+from meshns.dataplane.http1.downstream import PAUSE_OPAQUE, PAUSE_PIPELINE, PAUSE_UPGRADE
 from meshns.dataplane.http1.head import ParseError, RequestHead, local_response
 from meshns.dataplane.http1.inbound_exchange import InboundExchange
 from meshns.dataplane.http1.parser import RequestParser
 from meshns.dataplane.http1.pipe import Pipe
-from meshns.dataplane.http1.upstream import UpstreamConn
+from meshns.dataplane.http1.upstream import HIGH_WATER, LOW_WATER, UpstreamConn
 from meshns.dataplane.metrics import TcpObs
 from meshns.dataplane.observe import NULL_TCP, peername_of
 
@@ -46,46 +46,31 @@ REFUSAL_SNIFF_S: Final = 1.0
 
 class InboundConnection(ClientConnection):
     transport: asyncio.Transport
+    hctx: HttpContext
+    parser: RequestParser | None
+    current: InboundExchange | None
+    parsing: InboundExchange | None
+    queue: collections.deque[InboundExchange]
+    pipe: Pipe | None
+    bad: ParseError | None
 
     def __init__(self, hctx: HttpContext, transport: asyncio.Transport, fwd: Forward) -> None:
-        self.hctx = hctx
-        self.transport = transport
+        self._init_client(hctx, transport)
         self.fwd = fwd
         self.app_addr = str(fwd.target)
         self.default_host = self.app_addr.encode()
         self.source = peername_of(transport)
         self.peers = hctx.obs.inbound(self.source.rpartition(":")[0], fwd.target.ip, fwd.target.port)
-        self.http = False
-        self.opaque = False
-        self.buf = b""
-        self.up_first: list[bytes] = []
-        self.client_eof = False
         self.app: UpstreamConn | None = None
         self.dial_task: asyncio.Task[None] | None = None
         self.dial_failed = False
         self.waiting: InboundExchange | None = None
-        self.parser: RequestParser | None = None
-        self.current: InboundExchange | None = None
-        self.parsing: InboundExchange | None = None
-        self.queue: collections.deque[InboundExchange] = collections.deque()
-        self.paused = 0
-        self.write_paused = False
-        self.lost = False
-        self.upgrade_rest = b""
-        self.pipe: Pipe | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.bad: ParseError | None = None
-        self.requests_seen = 0
-        self.requests_at_tick = -1
 
     # lifecycle
 
     def begin(self) -> None:
         hctx = self.hctx
-        hctx.stats.active += 1
-        hctx.live.add(self)
-        self.transport.set_protocol(self)
-        self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        self._register()
         self.dial()
         self.timer = asyncio.get_running_loop().call_later(hctx.config.idle_timeout_s, self.idle_tick)
 

@@ -112,21 +112,13 @@ class InboundExchange(Exchange):
             return
         super().upstream_broken(why)
 
-    def note_flag(self, flag: str) -> None:
-        self.flags.append(flag)
-
     # endings
 
     def local_reply(self, status: int, flag: str) -> None:
-        self.hctx.stats.http_local_replies += 1
-        if self.committed:
-            self.down.abort()
+        extra = self.start_local_reply(status, flag)
+        if extra is None:
             return
-        self.committed = True
-        self.status = status
-        self.flags.append(flag)
         text = ",".join(self.flags)
-        extra = [b"%s: %s\r\n" % (flags.FLAGS_HEADER.encode(), text.encode())]
         body = b"" if self.head.method == b"HEAD" else (
             f"upstream connect error: the application in this pod is not reachable ({text})\n".encode())
         self.down.transport.write(local_response(status, "Service Unavailable", extra, body, close=True))

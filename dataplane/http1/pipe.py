@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Final
 
+from meshns.dataplane.http1.upstream import HIGH_WATER
 from meshns.dataplane.metrics import TcpObs
 from meshns.dataplane.stats import DirectionStats
-
-HIGH_WATER: Final = 256 * 1024
 
 
 class _End(asyncio.Protocol):

@@ -65,6 +65,15 @@ def service_stats(mesh: Mesh, pod: str, service: str = "reviews") -> dict[str, A
     return data
 
 
+VS_REVIEWS = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+"""
+
 DR_SUBSETS = """
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -170,14 +179,7 @@ def test_dead_backend_is_retried_then_ejected(reviews: Mesh) -> None:
 
 def test_slow_backend_cut_by_per_try_and_request_timeouts(reviews: Mesh, tmp_path: Path) -> None:
     mesh = reviews
-    apply(mesh, tmp_path, """
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
+    apply(mesh, tmp_path, VS_REVIEWS + """  - route:
     - destination: {host: reviews}
     retries: {attempts: 2, perTryTimeout: 300ms, retryOn: "5xx,reset,connect-failure"}
     timeout: 2s
@@ -194,14 +196,7 @@ spec:
 
 def test_retry_budget_stops_a_storm(reviews: Mesh, tmp_path: Path) -> None:
     mesh = reviews
-    apply(mesh, tmp_path, """
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
+    apply(mesh, tmp_path, VS_REVIEWS + """  - route:
     - destination: {host: reviews}
     retries: {attempts: 5, retryOn: "5xx"}
 """)
@@ -236,14 +231,7 @@ def test_overflow_answers_503_at_once(reviews: Mesh, tmp_path: Path) -> None:
 
 def test_weighted_split_between_subsets(reviews: Mesh, tmp_path: Path) -> None:
     mesh = reviews
-    apply(mesh, tmp_path, DR_SUBSETS + """---
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
+    apply(mesh, tmp_path, DR_SUBSETS + "---\n" + VS_REVIEWS + """  - route:
     - destination: {host: reviews, subset: v1}
       weight: 80
     - destination: {host: reviews, subset: v2}
@@ -283,14 +271,7 @@ spec:
 
 def test_fault_injection_abort(reviews: Mesh, tmp_path: Path) -> None:
     mesh = reviews
-    apply(mesh, tmp_path, """
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http:
-  - fault:
+    apply(mesh, tmp_path, VS_REVIEWS + """  - fault:
       abort: {httpStatus: 418, percentage: {value: 100}}
     route:
     - destination: {host: reviews}
@@ -402,27 +383,13 @@ spec:
 
 def test_apply_validates_reports_and_round_trips(mesh: Mesh, tmp_path: Path) -> None:
     mesh.run("create", "r1", "--service", "reviews:9080", "--", *backend("r1"))
-    bad = apply(mesh, tmp_path, """
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
+    bad = apply(mesh, tmp_path, VS_REVIEWS + """  - route:
     - destination: {host: reviews}
     retries: {attempts: "three"}
 """, check=False)
     assert bad.returncode == 2 and "spec.http[0].retries.attempts" in bad.stderr
     assert mesh.run("get").stdout.strip() == ""  # nothing was applied
-    good = apply(mesh, tmp_path, """
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
+    good = apply(mesh, tmp_path, VS_REVIEWS + """  - route:
     - destination: {host: reviews}
     mirror: {host: reviews}
 """)
