@@ -249,8 +249,11 @@ def test_gc_after_create_was_killed(mesh: Mesh, kill_when: str) -> None:
             db = mesh.state_dir / "registry.db"
             if not db.exists():
                 return False
-            with sqlite3.connect(str(db)) as conn:
-                return bool(conn.execute("SELECT 1 FROM pods WHERE name='web'").fetchone())
+            try:
+                with sqlite3.connect(str(db)) as conn:
+                    return bool(conn.execute("SELECT 1 FROM pods WHERE name='web'").fetchone())
+            except sqlite3.OperationalError:
+                return False  # the file exists but create has not made the tables yet
         if kill_when == "netns":
             return os.path.exists(f"/run/netns/{mesh.netns('web')}")
         return (mesh.state_dir / "pods" / "web" / "state.json").exists()
