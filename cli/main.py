@@ -50,7 +50,7 @@ def cli(ctx: click.Context, state_dir: str | None, bridge: str | None, pod_cidr:
 @click.option("--exclude-outbound-cidrs", default="", metavar="CIDRS",
               help="Comma-separated destination ranges not sent through the sidecar.")
 @click.option("--ready-timeout", default=10.0, show_default=True, type=float,
-              help="Seconds to wait for the sidecar and the validation probes.")
+              help="Seconds to wait for the sidecar, the validation probes and the app to accept on its service ports.")
 @click.option("--service", "services", multiple=True, metavar="NAME:PORT[:TARGET]",
               help="Serve service NAME's PORT (on TARGET_PORT in the pod). Repeatable.")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",

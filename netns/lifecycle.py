@@ -32,7 +32,7 @@ from meshns.intercept.spec import InterceptSpec
 from meshns.mesh import Mesh
 from meshns.model import PodRecord, PodSpec, PodState
 from meshns.names import netns_name, validate_pod_name, veth_host_name
-from meshns.netns import apply, files, hostguard, ipam, procs, supervisor
+from meshns.netns import apply, files, hostguard, ipam, procs, supervisor, validate
 from meshns.netns.plan import PodNetPlan, plan_pod_network, render_plan
 from meshns.netns.publish import publish
 from meshns.ports import METRICS_PORT
@@ -72,6 +72,9 @@ def dry_run(cfg: MeshConfig, pods: list[PodRecord], name: str, spec: PodSpec) ->
         f"# then: sidecar (uid 1337) on 15001/15006, validation probes, then the app: "
         f"{' '.join(spec.app) if spec.app else '(none)'}\n",
     ]
+    targets = sorted({d.target_port for d in spec.services})
+    if spec.app and targets:
+        parts.append(f"# published as a service endpoint once the app accepts on port {', '.join(map(str, targets))}\n")
     return "\n".join(parts)
 
 
@@ -100,6 +103,9 @@ def create(mesh: Mesh, name: str, spec: PodSpec, ready_timeout_s: float = 10.0) 
     try:
         net = plan_pod_network(mesh.cfg, name, record.ip, ns, veth)
         state = _build(mesh, record, net, rules, ready_timeout_s)
+        if spec.app:
+            targets = tuple(sorted({d.target_port for d in spec.services}))
+            validate.wait_app_serving(record.netns, record.ip, targets, ready_timeout_s)
         mesh.registry.set_state(name, PodState.READY, None)
         publish(mesh)  # the new pod becomes an endpoint of its services everywhere
     except BaseException as exc:

@@ -20,7 +20,7 @@ from ipaddress import IPv4Address
 
 from meshns.errors import ValidationFailed
 from meshns.netns.child import run_in_netns
-from meshns.ports import PROBE_PORT
+from meshns.ports import INBOUND_SOURCE_IP, PROBE_PORT
 
 
 def expected_answer(direction: str, ip: IPv4Address, port: int = PROBE_PORT) -> str:
@@ -62,3 +62,39 @@ def validate(netns: str, pod_ip: IPv4Address, gateway: IPv4Address, timeout_s: f
         if time.monotonic() >= deadline:
             raise ValidationFailed(f"interception validation failed: {last}")
         time.sleep(0.02)
+
+
+def _app_listening(pod_ip: str, ports: tuple[int, ...], source: str, timeout_s: float) -> tuple[int, ...]:
+    """In the pod: the ports that do not accept yet, dialled exactly as the inbound sidecar does."""
+    deadline = time.monotonic() + timeout_s
+    waiting = list(ports)
+    while waiting:
+        for port in list(waiting):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.settimeout(0.5)
+                s.bind((source, 0))  # 127.0.0.6: the loop breaker, so the rules let the dial through
+                try:
+                    s.connect((pod_ip, port))
+                    waiting.remove(port)
+                except OSError:
+                    pass
+        if waiting and time.monotonic() >= deadline:
+            break
+        if waiting:
+            time.sleep(0.02)
+    return tuple(waiting)
+
+
+def wait_app_serving(netns: str, pod_ip: IPv4Address, ports: tuple[int, ...], timeout_s: float) -> None:
+    """Wait until the app accepts on every service target port (a TCP readiness probe).
+
+    A pod becomes an endpoint only once it can serve: published earlier, the first requests are
+    refused, retried elsewhere, and outlier detection ejects the new endpoint for 30 s.
+    """
+    if not ports:
+        return
+    missing = run_in_netns(netns, _app_listening, str(pod_ip), ports, INBOUND_SOURCE_IP, timeout_s)
+    if missing:
+        raise ValidationFailed(
+            f"the app did not accept connections on port {', '.join(map(str, missing))} within {timeout_s:.0f} s "
+            "(is it listening on the --service target port? a slow starter needs a longer --ready-timeout)")

@@ -240,6 +240,22 @@ def test_failed_create_rolls_back(mesh: Mesh) -> None:
         subprocess.run(["ip", "link", "del", veth], capture_output=True)
 
 
+def test_service_pod_is_published_only_once_its_app_serves(mesh: Mesh) -> None:
+    # The app starts listening 1 s after it starts: create returns only then, and a curl right
+    # after create is answered by the app (not refused, retried, or ejected).
+    app = "import time,http.server as h; time.sleep(1); h.HTTPServer(('', 8080), h.SimpleHTTPRequestHandler).serve_forever()"
+    mesh.run("create", "web", "--service", "web:8080", "--", "python3", "-c", app)
+    mesh.run("create", "client")
+    out = mesh.exec("client", "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://web:8080/").stdout
+    assert out == "200"
+    # An app that never listens on its service port: create fails, says why, and leaves nothing.
+    done = mesh.run("create", "deaf", "--service", "deaf:9090", "--ready-timeout", "2", "--", "sleep", "600",
+                    check=False)
+    assert done.returncode == 3 and "did not accept connections on port 9090" in done.stderr
+    assert sorted(p["name"] for p in mesh.pods()) == ["client", "web"]
+    assert not os.path.exists(f"/run/netns/{mesh.netns('deaf')}")
+
+
 @pytest.mark.parametrize("kill_when", ["row", "netns", "supervisor"])
 def test_gc_after_create_was_killed(mesh: Mesh, kill_when: str) -> None:
     import sqlite3
