@@ -23,6 +23,10 @@ from meshns.registry import ConfigRow
 KINDS = {
     "virtualservice": "VirtualService", "virtualservices": "VirtualService", "vs": "VirtualService",
     "destinationrule": "DestinationRule", "destinationrules": "DestinationRule", "dr": "DestinationRule",
+    "peerauthentication": "PeerAuthentication", "peerauthentications": "PeerAuthentication",
+    "pa": "PeerAuthentication",
+    "authorizationpolicy": "AuthorizationPolicy", "authorizationpolicies": "AuthorizationPolicy",
+    "ap": "AuthorizationPolicy",
 }
 
 
@@ -43,15 +47,22 @@ def apply_file(mesh: Mesh, filename: str) -> tuple[list[ConfigDoc], list[str]]:
     rows = [ConfigRow(d.kind, d.namespace, d.name, json.dumps(d.raw)) for d in result.docs]
     mesh.registry.put_configs(rows)
     known = {s.name for s in mesh.registry.list_services()}
-    warnings = list(result.warnings)
-    for d in result.docs:
-        spec = d.raw.get("spec") or {}
-        hosts = spec.get("hosts") or [spec.get("host")] if d.kind in KINDS.values() else []
-        for h in hosts:
-            if h and str(h).split(".", 1)[0] not in known:
-                warnings.append(f"{d.kind} {d.name}: service {str(h).split('.', 1)[0]!r} does not exist (yet)")
+    warnings = [*result.warnings, *missing_service_warnings(result.docs, known)]
     warnings.extend(publish(mesh))
     return result.docs, warnings
+
+
+def missing_service_warnings(docs: list[ConfigDoc], known: set[str]) -> list[str]:
+    """VirtualServices and DestinationRules naming a service nobody created; security kinds have no hosts."""
+    warnings = []
+    for d in docs:
+        if d.kind not in ("VirtualService", "DestinationRule"):
+            continue
+        spec = d.raw.get("spec") or {}
+        for h in spec.get("hosts") or [spec.get("host")]:
+            if h and str(h).split(".", 1)[0] not in known:
+                warnings.append(f"{d.kind} {d.name}: service {str(h).split('.', 1)[0]!r} does not exist (yet)")
+    return warnings
 
 
 def delete_file(mesh: Mesh, filename: str) -> list[tuple[str, str, bool]]:
@@ -81,7 +92,8 @@ def get_docs(mesh: Mesh, kind: str | None, name: str | None) -> list[ConfigDoc]:
     if kind is not None:
         want = KINDS.get(kind.lower())
         if want is None:
-            raise UserError(f"unknown kind {kind!r}: use virtualservice (vs) or destinationrule (dr)")
+            raise UserError(f"unknown kind {kind!r}: use virtualservice (vs), destinationrule (dr), "
+                            "peerauthentication (pa) or authorizationpolicy (ap)")
     docs = [d for d in stored_docs(mesh.registry.list_configs())
             if (want is None or d.kind == want) and (name is None or d.name == name)]
     if name is not None and not docs:
@@ -185,7 +197,10 @@ def register(cli: click.Group, mesh_of: Callable[..., Mesh], output_opt: Decorat
     @click.option("-f", "--filename", required=True, help="YAML file with Istio documents ('-' for stdin).")
     @click.pass_context
     def apply(ctx: click.Context, filename: str) -> None:
-        """Apply Istio VirtualService / DestinationRule documents; running sidecars pick them up live."""
+        """Apply Istio VirtualService / DestinationRule / PeerAuthentication / AuthorizationPolicy documents.
+
+        Running sidecars pick them up live.
+        """
         docs, warnings = apply_file(mesh_of(ctx, record=True), filename)
         for w in warnings:
             click.echo(f"warning: {w}", err=True)

@@ -7,8 +7,9 @@ import sys
 
 import click
 
-from meshns.cli import config_cmds, ops_cmds
+from meshns.cli import config_cmds, ops_cmds, security_cmds
 from meshns.cli.output import emit, table
+from meshns.cli.security_cmds import DURATION, validate_identity_parts
 from meshns.config import ConfigRequest
 from meshns.errors import MeshnsError, NotFoundError, UserError
 from meshns.intercept.spec import parse_cidr_list, parse_port_list
@@ -59,12 +60,17 @@ def cli(ctx: click.Context, state_dir: str | None, bridge: str | None, pod_cidr:
               help="The sidecar's HTTP/1 parser: httptools (llhttp) is the fast path, h11 the reference.")
 @click.option("--drain-timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.0),
               help="On delete, seconds the sidecar lets in-flight requests finish (after the app stopped).")
+@click.option("--namespace", "namespace", default="default", show_default=True,
+              help="Namespace of the pod's identity (spiffe://<trust-domain>/ns/NAMESPACE/sa/<account>).")
+@click.option("--service-account", default="", help="Service account of the pod's identity [default: the pod's name].")
+@click.option("--cert-ttl", type=DURATION, default=None,
+              help="Workload certificate lifetime, e.g. 24h, 30m, 10s [default: the CA's, 24h]; renewed at half of it.")
 @click.option("--dry-run", is_flag=True, help="Print the namespace plan and the rules; change nothing.")
 @click.pass_context
 def create(ctx: click.Context, name: str, app: tuple[str, ...], exclude_outbound_ports: str,
            exclude_inbound_ports: str, exclude_outbound_cidrs: str, ready_timeout: float,
            services: tuple[str, ...], labels: tuple[str, ...], http_parser: str, drain_timeout: float,
-           dry_run: bool) -> None:
+           namespace: str, service_account: str, cert_ttl: float | None, dry_run: bool) -> None:
     """Create pod NAME (optionally running APP inside it: create NAME -- CMD ARGS...)."""
     spec = PodSpec(
         app=tuple(app),
@@ -75,7 +81,11 @@ def create(ctx: click.Context, name: str, app: tuple[str, ...], exclude_outbound
         exclude_outbound_ports=parse_port_list(exclude_outbound_ports),
         exclude_inbound_ports=parse_port_list(exclude_inbound_ports),
         exclude_outbound_cidrs=parse_cidr_list(exclude_outbound_cidrs),
+        namespace=namespace,
+        service_account=service_account,
+        cert_ttl_s=cert_ttl,
     )
+    validate_identity_parts(name, spec)
     if dry_run:
         cfg, pods = Mesh.peek(ctx.obj)
         click.echo(lifecycle.dry_run(cfg, pods, name, spec), nl=False)
@@ -163,6 +173,7 @@ def gc(ctx: click.Context) -> None:
 
 config_cmds.register(cli, _mesh, OUTPUT)
 ops_cmds.register(cli, _mesh, OUTPUT)
+security_cmds.register(cli, _mesh, OUTPUT)
 
 
 def main() -> None:

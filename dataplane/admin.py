@@ -77,6 +77,7 @@ class AdminOps:
     logging_get: Callable[[], dict[str, object]]
     logging_set: Callable[[Query], Reply]
     drain: Callable[[], None]
+    certs: Callable[[], dict[str, object]] = lambda: CERTS_NONE
 
 
 def _json(doc: object) -> Reply:
@@ -84,7 +85,7 @@ def _json(doc: object) -> Reply:
 
 
 PROMETHEUS_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-CERTS_DOC: Final = {"certificates": [], "note": "no certificates: mTLS is not enabled yet"}
+CERTS_NONE: Final[dict[str, object]] = {"certificates": [], "note": "no identity: this sidecar runs without mTLS"}
 
 
 def _ops_route(method: bytes, target: bytes, query: Query, ops: AdminOps, state: AdminState) -> Reply | None:
@@ -96,7 +97,7 @@ def _ops_route(method: bytes, target: bytes, query: Query, ops: AdminOps, state:
     if target == b"/clusters":
         return _json(ops.clusters()) if get else None
     if target == b"/certs":
-        return _json(CERTS_DOC) if get else None
+        return _json(ops.certs()) if get else None
     if target == b"/logging":
         return _json(ops.logging_get()) if get else ops.logging_set(query) if method == b"POST" else None
     if target in (b"/drain", b"/quitquitquit"):

@@ -56,6 +56,14 @@ class SidecarConfig:
     # Access log lines on stderr (logger "meshns.access"): "on" (HTTP requests and TCP
     # connections), "http" (HTTP requests only) or "off".
     access_log: str = "on"
+    # mTLS: a pipe from the supervisor carrying this pod's certificate, key and trust bundle as
+    # JSON lines (the first before start, then one per rotation). -1: no identity, no mTLS.
+    identity_fd: int = -1
+    tls_handshake_timeout_s: float = 10.0
+    # Inbound, before choosing TLS or plaintext: how long to wait for a silent client's first
+    # bytes. A meshed client sends its ClientHello at once; only a plaintext client of a
+    # server-first protocol waits this long, then is served as plaintext (PERMISSIVE).
+    inbound_peek_timeout_s: float = 1.0
 
     def __post_init__(self) -> None:
         _check_semantics(self)
@@ -78,6 +86,9 @@ _FIELD_TYPES: Final[dict[str, type]] = {
     "snapshot_file": str,
     "http_parser": str,
     "metrics_port": int,
+    "identity_fd": int,
+    "tls_handshake_timeout_s": float,
+    "inbound_peek_timeout_s": float,
     "access_log": str,
 }
 _REQUIRED: Final = frozenset({"pod", "pod_ip"})
@@ -117,7 +128,8 @@ def _check_semantics(cfg: SidecarConfig) -> None:
         raise UserError(f"sidecar config: access_log must be one of {', '.join(ACCESS_LOG_MODES)}")
     if cfg.outbound_port and cfg.outbound_port == cfg.inbound_port:
         raise UserError("sidecar config: outbound_port and inbound_port must differ")
-    for key in ("connect_timeout_s", "idle_timeout_s", "drain_timeout_s"):
+    for key in ("connect_timeout_s", "idle_timeout_s", "drain_timeout_s", "tls_handshake_timeout_s",
+                "inbound_peek_timeout_s"):
         value = getattr(cfg, key)
         if not 0 < value < float("inf"):  # also rejects NaN
             raise UserError(f"sidecar config: {key} must be a positive finite number, got {value}")

@@ -75,8 +75,8 @@ class Observer:
     def outbound(self, dst_ip: str, dst_port: int, service: str | None = None) -> Peers:
         return outbound_peers(self.index(), self.pod, dst_ip, dst_port, service)
 
-    def inbound(self, client_ip: str, dst_ip: str, dst_port: int) -> Peers:
-        return inbound_peers(self.index(), self.pod, client_ip, dst_ip, dst_port)
+    def inbound(self, client_ip: str, dst_ip: str, dst_port: int, peer: str = "") -> Peers:
+        return inbound_peers(self.index(), self.pod, client_ip, dst_ip, dst_port, peer)
 
     # TCP
 

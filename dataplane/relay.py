@@ -76,12 +76,17 @@ class RelayContext:
         # it returns True when it took the connection over.
         self.service_hook: Callable[[asyncio.BaseTransport, OrigDst], bool] | None = None
         # Inbound connections to be forwarded are offered to this hook (HTTP/1 awareness on the
-        # inbound side); it returns True when it took the connection over.
-        self.inbound_hook: Callable[[asyncio.BaseTransport, Forward], bool] | None = None
+        # inbound side) with the peer's verified SPIFFE ID ("" for plaintext); it returns True
+        # when it took the connection over.
+        self.inbound_hook: Callable[[asyncio.BaseTransport, Forward, str], bool] | None = None
 
     def factory(self, direction: Direction) -> Callable[[], asyncio.Protocol]:
         dstats = self.stats.outbound if direction is Direction.OUTBOUND else self.stats.inbound
         return lambda: ClientSide(Relay(self, direction, dstats))
+
+    def inbound(self, peer: str, dst: OrigDst) -> asyncio.Protocol:
+        """An inbound connection whose destination (and, with mTLS, peer) the acceptor knows."""
+        return ClientSide(Relay(self, Direction.INBOUND, self.stats.inbound, peer, dst))
 
     def buffered_bytes(self) -> int:
         """Bytes the sidecar holds in user space across all relays (debug and tests)."""
@@ -223,14 +228,17 @@ class Relay:
     """One relayed connection: its two sides, its connect task and its idle timer."""
 
     __slots__ = (
-        "client", "connect_task", "ctx", "direction", "dstats", "finished", "flags", "idle_timer", "obs",
-        "touched", "upstream",
+        "client", "connect_task", "ctx", "direction", "dst", "dstats", "finished", "flags", "idle_timer", "obs",
+        "peer", "touched", "upstream",
     )
 
     client: ClientSide
 
-    def __init__(self, ctx: RelayContext, direction: Direction, dstats: DirectionStats) -> None:
+    def __init__(self, ctx: RelayContext, direction: Direction, dstats: DirectionStats, peer: str = "",
+                 dst: OrigDst | None = None) -> None:
         self.ctx = ctx
+        self.peer = peer
+        self.dst = dst
         self.direction = direction
         self.dstats = dstats
         self.upstream: UpstreamSide | None = None
@@ -256,7 +264,7 @@ class Relay:
         ctx.live.add(self)
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         try:
-            dst = ctx.resolver.resolve(transport.get_extra_info("socket"))
+            dst = self.dst if self.dst is not None else ctx.resolver.resolve(transport.get_extra_info("socket"))
         except OrigDstError as exc:
             ctx.stats.resolve_failures += 1
             log.warning("cannot recover original destination %s: %s", self.describe(), exc)
@@ -277,7 +285,7 @@ class Relay:
                 if hook is not None and hook(transport, dst):
                     self._finish()  # the service connection accounts for itself from here on
                     return
-            elif ctx.inbound_hook is not None and ctx.inbound_hook(transport, decision):
+            elif ctx.inbound_hook is not None and ctx.inbound_hook(transport, decision, self.peer):
                 self._finish()
                 return
             self._observe(dst)
@@ -289,7 +297,7 @@ class Relay:
         if self.direction is Direction.OUTBOUND:
             peers = obs.outbound(dst.ip, dst.port)
         else:
-            peers = obs.inbound(client.rpartition(":")[0], dst.ip, dst.port)
+            peers = obs.inbound(client.rpartition(":")[0], dst.ip, dst.port, self.peer)
         self.obs = obs.tcp_start(peers, peers.destination_workload, client, str(dst))
 
     async def _connect(self, fwd: Forward) -> None:

@@ -16,20 +16,24 @@ import logging
 import os
 import random
 import signal
+import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from meshns.dataplane import accesslog, admin_ops
+from meshns.dataplane import accesslog, admin_ops, identity
+from meshns.dataplane.accept import InboundAcceptor
 from meshns.dataplane.addrs import ListenAddr, listen_addr_from
 from meshns.dataplane.admin import AdminOps, AdminState, admin_factory, metrics_route
 from meshns.dataplane.config import SidecarConfig, load_config
-from meshns.dataplane.connect import Connector, tcp_connect
+from meshns.dataplane.connect import Connector
 from meshns.dataplane.decide import Direction
 from meshns.dataplane.http1.context import HttpContext
 from meshns.dataplane.http1.downstream import take_over
 from meshns.dataplane.http1.inbound import take_over_inbound
 from meshns.dataplane.http1.parser import parser_kit
+from meshns.dataplane.mesh_connect import MeshConnector
 from meshns.dataplane.metrics import Health, Metrics
 from meshns.dataplane.observe import Observer
 from meshns.dataplane.origdst import OriginalDstResolver, SockoptResolver
@@ -53,14 +57,19 @@ class Sidecar:
         config: SidecarConfig,
         *,
         resolver: OriginalDstResolver | None = None,
-        connector: Connector = tcp_connect,
+        connector: Connector | None = None,
         rng: random.Random | None = None,
+        tls: identity.MeshTls | None = None,
     ) -> None:
         self.config = config
         self.stats = Stats()
         self.admin_state = AdminState(config.pod, self.stats)
         dir_fd = None if config.snapshot_dir_fd < 0 else config.snapshot_dir_fd
         self.store = SnapshotStore(config.pod, dir_fd, config.snapshot_file)
+        # The identity (from the supervisor's pipe, or given by a test); without one, no mTLS.
+        self.tls = tls or identity.MeshTls()
+        if connector is None:
+            connector = MeshConnector(self.store, self.tls, self.stats, config.tls_handshake_timeout_s)
         self.metrics = Metrics(self._health)
         self.obs = Observer(config, self.store, self.metrics)
         self.ctx = RelayContext(config, self.stats, resolver or SockoptResolver(), connector, self.obs)
@@ -68,7 +77,7 @@ class Sidecar:
         self.http = HttpContext(config, self.stats, self.store, connector, parser_kit(config.http_parser),
                                 rng or random.Random(), self.obs)
         self.ctx.service_hook = lambda transport, dst: take_over(self.http, transport, dst.as_tuple())
-        self.ctx.inbound_hook = lambda transport, fwd: take_over_inbound(self.http, transport, fwd)
+        self.ctx.inbound_hook = lambda transport, fwd, peer: take_over_inbound(self.http, transport, fwd, peer)
         self.admin_state.extras.append(self._stats_extras)
         self.admin_state.ops = AdminOps(
             prometheus=self.metrics.exposition,
@@ -77,10 +86,13 @@ class Sidecar:
             logging_get=admin_ops.logging_levels,
             logging_set=admin_ops.set_logging,
             drain=self.request_stop,
+            certs=self._certs,
         )
         self._watch_task: asyncio.Task[None] | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self._relay_servers: list[asyncio.Server] = []
+        self._acceptor: InboundAcceptor | None = None
+        self._identity_pipe: asyncio.BaseTransport | None = None
         self._admin_server: asyncio.Server | None = None
         self._metrics_server: asyncio.Server | None = None
         self._stop: asyncio.Event | None = None
@@ -113,12 +125,26 @@ class Sidecar:
             await asyncio.sleep(accesslog.FLUSH_S)
             accesslog.flush()
 
+    def _certs(self) -> dict[str, object]:
+        """Envoy's /certs, reduced: this pod's identity and certificate dates (never the key)."""
+        w = self.tls.workload
+        if w is None:
+            return {"certificates": [], "note": "no identity: this sidecar runs without mTLS"}
+        stamp = "%Y-%m-%dT%H:%M:%SZ"
+        return {"certificates": [{
+            "identity": w.identity, "serial": w.serial,
+            "valid_from": time.strftime(stamp, time.gmtime(w.not_before)),
+            "expires": time.strftime(stamp, time.gmtime(w.not_after)),
+            "roots": w.bundle_pem.count("BEGIN CERTIFICATE"),
+        }]}
+
     def _stats_extras(self) -> dict[str, object]:
         return {
             "snapshot_version": self.store.version,
             "snapshot_reloads": self.store.reloads,
             "snapshot_reload_errors": self.store.reload_errors,
             "http_parser": self.http.kit.name,
+            "tls": self.tls.doc(),
             "services": self.http.services_doc(),
         }
 
@@ -140,13 +166,20 @@ class Sidecar:
     async def start(self) -> None:
         """Bind all listeners, then start accepting and report ready."""
         cfg = self.config
+        pending = b""
+        if cfg.identity_fd >= 0:
+            # Fail closed: no listener exists before this pod can prove who it is.
+            pending = identity.read_first(self.tls, cfg.identity_fd, cfg.tls_handshake_timeout_s)
         try:
             out_srv, self.outbound_addr = await self._bind(
                 self.ctx.factory(Direction.OUTBOUND), cfg.bind_ip, cfg.outbound_port, "outbound")
             self._relay_servers.append(out_srv)
-            in_srv, self.inbound_addr = await self._bind(
-                self.ctx.factory(Direction.INBOUND), cfg.bind_ip, cfg.inbound_port, "inbound")
-            self._relay_servers.append(in_srv)
+            if self.tls.server_ctx is not None:
+                self._acceptor, self.inbound_addr = self._bind_acceptor()
+            else:
+                in_srv, self.inbound_addr = await self._bind(
+                    self.ctx.factory(Direction.INBOUND), cfg.bind_ip, cfg.inbound_port, "inbound")
+                self._relay_servers.append(in_srv)
             # Localhost only: /stats reveals traffic volumes and must not be reachable from the pod
             # network.
             self._admin_server, self.admin_addr = await self._bind(
@@ -164,19 +197,45 @@ class Sidecar:
             cfg, outbound_port=self.outbound_addr.port, inbound_port=self.inbound_addr.port)
         self.store.check()  # the snapshot on disk, if any, before the first connection
         self._watch_task = asyncio.ensure_future(self.store.watch())
+        if cfg.identity_fd >= 0:
+            self._identity_pipe = await identity.attach(self.tls, cfg.identity_fd, pending)
         self._flush_task = asyncio.ensure_future(self._flush_access_log())
         self._stop = asyncio.Event()
         for srv in [*self._relay_servers, self._admin_server, self._metrics_server]:
             if srv is not None:
                 await srv.start_serving()
+        if self._acceptor is not None:
+            self._acceptor.start()
         self.admin_state.ready = True
         log.info("sidecar ready pod=%s pid=%d outbound=%s inbound=%s admin=%s metrics=%s", cfg.pod,
                  os.getpid(), self.outbound_addr, self.inbound_addr, self.admin_addr, self.metrics_addr)
+
+    def _bind_acceptor(self) -> tuple[InboundAcceptor, ListenAddr]:
+        cfg = self.config
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((cfg.bind_ip, cfg.inbound_port))
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            reason = exc.strerror or str(exc)
+            raise SystemFailure(f"sidecar: cannot bind inbound listener {cfg.bind_ip}:{cfg.inbound_port}: "
+                                f"{reason}") from exc
+        acceptor = InboundAcceptor(
+            sock, self.ctx.inbound, self.ctx.resolver, self.tls, self.store, self.stats,
+            probe_port=cfg.probe_port, peek_timeout_s=cfg.inbound_peek_timeout_s,
+            handshake_timeout_s=cfg.tls_handshake_timeout_s)
+        return acceptor, listen_addr_from(sock.getsockname())
 
     def _close_listeners(self) -> None:
         for srv in self._relay_servers:
             srv.close()
         self._relay_servers.clear()
+        if self._acceptor is not None:
+            self._acceptor.close()
+            self._acceptor = None
 
     def _close_ops_listeners(self) -> None:
         for srv in (self._admin_server, self._metrics_server):
@@ -206,6 +265,9 @@ class Sidecar:
         if self._flush_task is not None:
             self._flush_task.cancel()
             self._flush_task = None
+        if self._identity_pipe is not None:
+            self._identity_pipe.close()
+            self._identity_pipe = None
         accesslog.flush()
 
     async def serve(self) -> int:
@@ -224,6 +286,16 @@ class Sidecar:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         return await self.serve()
+
+
+def _not_dumpable() -> None:
+    """Every sidecar runs as uid 1337; without this, one pod's sidecar could read another's key
+    from /proc/<pid>/mem or /proc/<pid>/fd. Non-dumpable processes' /proc entries belong to root."""
+    import ctypes  # noqa: PLC0415 - only needed here
+
+    pr_set_dumpable = 4
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_DUMPABLE, 0) failed: errno %d", ctypes.get_errno())
 
 
 def setup_logging(level: str) -> None:
@@ -251,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"meshns sidecar: {exc}", file=sys.stderr)
         return exc.exit_code
     setup_logging(config.log_level)
+    if config.identity_fd >= 0:
+        _not_dumpable()
     try:
         return uvloop.run(Sidecar(config).run())
     except MeshnsError as exc:

@@ -39,6 +39,18 @@ class Stats:
     http_requests: int = 0
     http_bad_requests: int = 0
     http_local_replies: int = 0
+    # mTLS: connections dialled with TLS, refused for the wrong peer identity (secure naming);
+    # inbound connections terminated, handshakes that failed (no/expired/foreign certificate,
+    # garbage, timeout), verified peers refused (revoked), plaintext refused under STRICT.
+    tls_out: int = 0
+    tls_peer_rejected: int = 0
+    tls_in: int = 0
+    tls_handshake_failures: int = 0
+    tls_in_rejected: int = 0
+    plaintext_refused: int = 0
+    # Authorization: connections closed and requests answered 403 by an AuthorizationPolicy.
+    authz_denied_tcp: int = 0
+    authz_denied_http: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

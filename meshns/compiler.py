@@ -9,12 +9,45 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from meshns.istio.compile import compile_service
 from meshns.istio.parse import ConfigDoc, parse_documents
-from meshns.model import PodRecord, PodState, ServiceRecord
+from meshns.istio.security_compile import compile_security
+from meshns.model import PodRecord, PodState, ServiceRecord, account_of
 from meshns.registry import ConfigRow
-from meshns.snapshot import Endpoint, Service, ServicePort, Snapshot
+from meshns.snapshot import AuthzPolicy, Endpoint, PeerAuthn, Security, Service, ServicePort, Snapshot
+
+
+@dataclass(frozen=True)
+class PodSecurity:
+    identity: str  # "" while the mesh has no CA
+    peer_authn: PeerAuthn
+    policies: tuple[AuthzPolicy, ...]
+
+
+def identity_of(pod: PodRecord, trust_domain: str | None) -> str:
+    if trust_domain is None:
+        return ""
+    return f"spiffe://{trust_domain}/ns/{pod.spec.namespace}/sa/{account_of(pod.name, pod.spec)}"
+
+
+def pod_security(pods: Sequence[PodRecord], docs: Sequence[ConfigDoc],
+                 trust_domain: str | None) -> dict[str, PodSecurity]:
+    """Each pod's identity, effective PeerAuthentication and selected AuthorizationPolicies."""
+    out: dict[str, PodSecurity] = {}
+    for p in pods:
+        authn, policies = compile_security(p.spec.namespace, dict(p.spec.labels), docs,
+                                            trust_domain=trust_domain or "cluster.local")
+        out[p.name] = PodSecurity(identity_of(p, trust_domain), authn, policies)
+    return out
+
+
+def _endpoint(p: PodRecord, sec: dict[str, PodSecurity]) -> Endpoint:
+    ps = sec.get(p.name)
+    if ps is None:
+        return Endpoint(p.name, str(p.ip), p.spec.labels)
+    return Endpoint(p.name, str(p.ip), p.spec.labels, ps.identity, ps.peer_authn)
 
 
 def stored_docs(rows: Sequence[ConfigRow]) -> list[ConfigDoc]:
@@ -40,14 +73,15 @@ def _selects(doc: ConfigDoc, service: str) -> bool:
 
 
 def compile_services(services: Sequence[ServiceRecord], pods: Sequence[PodRecord],
-                     docs: Sequence[ConfigDoc]) -> tuple[tuple[Service, ...], list[str]]:
+                     docs: Sequence[ConfigDoc], sec: dict[str, PodSecurity] | None = None,
+                     ) -> tuple[tuple[Service, ...], list[str]]:
     out: list[Service] = []
     warnings: list[str] = []
+    sec = sec or {}
     ready = [p for p in pods if p.state == PodState.READY]
     for svc in services:
         endpoints = tuple(
-            Endpoint(p.name, str(p.ip), p.spec.labels)
-            for p in ready if any(d.service == svc.name for d in p.spec.services)
+            _endpoint(p, sec) for p in ready if any(d.service == svc.name for d in p.spec.services)
         )
         vs = [d for d in docs if d.kind == "VirtualService" and _selects(d, svc.name)]
         dr = [d for d in docs if d.kind == "DestinationRule" and _selects(d, svc.name)]
@@ -62,13 +96,23 @@ def compile_services(services: Sequence[ServiceRecord], pods: Sequence[PodRecord
     return tuple(out), warnings
 
 
-def workloads_of(pods: Sequence[PodRecord]) -> tuple[Endpoint, ...]:
-    return tuple(Endpoint(p.name, str(p.ip), p.spec.labels) for p in pods)
+def workloads_of(pods: Sequence[PodRecord], sec: dict[str, PodSecurity] | None = None) -> tuple[Endpoint, ...]:
+    return tuple(_endpoint(p, sec or {}) for p in pods)
 
 
 def snapshot_for(pod: str, generation: int, services: tuple[Service, ...],
-                 workloads: tuple[Endpoint, ...] = ()) -> Snapshot:
-    return Snapshot(version=generation, pod=pod, services=services, workloads=workloads)
+                 workloads: tuple[Endpoint, ...] = (), security: Security | None = None) -> Snapshot:
+    return Snapshot(version=generation, pod=pod, services=services, workloads=workloads,
+                    security=security or Security())
+
+
+def security_for(pod: str, sec: dict[str, PodSecurity], trust_domain: str | None,
+                 revoked: Sequence[str]) -> Security:
+    ps = sec.get(pod)
+    if ps is None:
+        return Security(revoked=tuple(revoked))
+    return Security(identity=ps.identity, trust_domain=trust_domain or "cluster.local",
+                    peer_authn=ps.peer_authn, policies=ps.policies, revoked=tuple(revoked))
 
 
 def describe(snapshot: Snapshot) -> str:

@@ -53,6 +53,11 @@ class MeshConfig:
     def lock_path(self) -> Path:
         return self.state_dir / "lock"
 
+    @property
+    def ca_dir(self) -> Path:
+        """The mesh CA (root keys 0600, in a 0700 directory): root-only, never inside a pod."""
+        return self.state_dir / "ca"
+
     def pod_dir(self, pod: str) -> Path:
         return self.state_dir / "pods" / pod
 

@@ -43,6 +43,10 @@ class PodSpec:
     services: tuple[ServicePortDecl, ...] = ()
     http_parser: str = "auto"  # the sidecar's HTTP/1 parser: auto (httptools), httptools or h11
     drain_timeout_s: float = 5.0  # on stop, the sidecar finishes in-flight requests for up to this
+    # Identity: spiffe://<trust-domain>/ns/<namespace>/sa/<service_account>; "" = the pod's name.
+    namespace: str = "default"
+    service_account: str = ""
+    cert_ttl_s: float | None = None  # workload certificate lifetime; None: the CA's default (24 h)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -60,7 +64,15 @@ class PodSpec:
                            for d in raw.get("services", ())),
             http_parser=str(raw.get("http_parser", "auto")),
             drain_timeout_s=float(raw.get("drain_timeout_s", 5.0)),  # absent in older rows
+            namespace=str(raw.get("namespace", "default")),
+            service_account=str(raw.get("service_account", "")),
+            cert_ttl_s=None if raw.get("cert_ttl_s") is None else float(raw["cert_ttl_s"]),
         )
+
+
+def account_of(name: str, spec: PodSpec) -> str:
+    """The service account of a pod's identity: as given at create, else the pod's name."""
+    return spec.service_account or name
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 LbPolicy = Literal["least_request", "round_robin", "random"]
 MatchKind = Literal["exact", "prefix", "regex"]
+MtlsMode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
+AuthzAction = Literal["ALLOW", "DENY"]
 
 # Istio's default retry policy (2 retries on these conditions, 503 retriable).
 DEFAULT_RETRY_ON: tuple[str, ...] = (
@@ -111,10 +113,28 @@ class RetryBudget:
 
 
 @dataclass(frozen=True)
+class PeerAuthn:
+    """A pod's effective PeerAuthentication: the mode on its inbound ports (Istio semantics)."""
+
+    mode: MtlsMode = "PERMISSIVE"
+    ports: tuple[tuple[int, MtlsMode], ...] = ()  # (target port in the pod, mode): overrides ``mode``
+
+    def mode_for(self, port: int) -> MtlsMode:
+        for p, m in self.ports:
+            if p == port:
+                return m
+        return self.mode
+
+
+@dataclass(frozen=True)
 class Endpoint:
     pod: str
     ip: str
     labels: tuple[tuple[str, str], ...] = ()
+    # The SPIFFE ID its sidecar must present (secure naming); "" for an address that is not meshed.
+    identity: str = ""
+    # What the pod accepts, so a client sends plaintext to ports whose mode is DISABLE (auto mTLS).
+    mtls: PeerAuthn = field(default_factory=PeerAuthn)
 
     def label(self, key: str) -> str | None:
         return dict(self.labels).get(key)
@@ -162,13 +182,64 @@ class Service:
 
 
 @dataclass(frozen=True)
+class AuthzSource:
+    """Istio ``rule.from[].source``: every non-empty field must match (AND)."""
+
+    # Istio principal form "<trust-domain>/ns/<ns>/sa/<sa>" (no "spiffe://"), with Istio's
+    # patterns: exact, "prefix*", "*suffix", "*" (any authenticated peer).
+    principals: tuple[str, ...] = ()
+    not_principals: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()  # same patterns, matched on the peer's namespace
+    not_namespaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthzOperation:
+    """Istio ``rule.to[].operation``: every non-empty field must match (AND)."""
+
+    ports: tuple[int, ...] = ()  # the destination (target) port in the pod
+    not_ports: tuple[int, ...] = ()
+    methods: tuple[str, ...] = ()  # HTTP only
+    not_methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()  # HTTP only; exact, "prefix*", "*suffix", "*"
+    not_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthzRule:
+    """Matches when any source matches (or there are none) and any operation matches (or none)."""
+
+    sources: tuple[AuthzSource, ...] = ()
+    operations: tuple[AuthzOperation, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthzPolicy:
+    name: str  # "<namespace>/<name>", for logs, metrics and 403 reasons
+    action: AuthzAction
+    rules: tuple[AuthzRule, ...] = ()  # no rules: the policy matches nothing
+
+
+@dataclass(frozen=True)
+class Security:
+    """This pod's side of mTLS and authorization, compiled for it alone."""
+
+    identity: str = ""  # this pod's SPIFFE ID, "spiffe://<td>/ns/<ns>/sa/<sa>"; "" before a CA exists
+    trust_domain: str = "cluster.local"
+    peer_authn: PeerAuthn = field(default_factory=PeerAuthn)
+    policies: tuple[AuthzPolicy, ...] = ()  # the AuthorizationPolicies that select this pod
+    revoked: tuple[str, ...] = ()  # SPIFFE IDs every sidecar refuses, whatever their certificates say
+
+
+@dataclass(frozen=True)
 class Snapshot:
     version: int
     pod: str
     services: tuple[Service, ...] = ()
-    # Every pod of the mesh (name, address, labels), so metrics and logs can name the workload
-    # behind any address, not only service endpoints.
+    # Every pod of the mesh (name, address, labels, identity), so metrics and logs can name the
+    # workload behind any address and clients know which destinations speak mTLS.
     workloads: tuple[Endpoint, ...] = ()
+    security: Security = field(default_factory=Security)
 
     def by_dst(self) -> dict[tuple[str, int], Service]:
         """The index the sidecar uses per connection: (VIP, port) -> service."""
@@ -209,16 +280,43 @@ def _route(raw: dict[str, Any]) -> HttpRoute:
     )
 
 
+def _peer_authn(raw: Any) -> PeerAuthn:
+    if raw is None:
+        return PeerAuthn()
+    return PeerAuthn(mode=raw["mode"], ports=tuple((int(p), m) for p, m in raw["ports"]))
+
+
+def _endpoint(e: dict[str, Any]) -> Endpoint:
+    return Endpoint(e["pod"], e["ip"], _t(e["labels"]), e.get("identity", ""), _peer_authn(e.get("mtls")))
+
+
+def _security(raw: Any) -> Security:
+    if raw is None:
+        return Security()
+    return Security(
+        identity=raw["identity"], trust_domain=raw["trust_domain"], peer_authn=_peer_authn(raw["peer_authn"]),
+        policies=tuple(
+            AuthzPolicy(p["name"], p["action"], tuple(
+                AuthzRule(
+                    sources=tuple(AuthzSource(**{k: tuple(v) for k, v in src.items()}) for src in r["sources"]),
+                    operations=tuple(AuthzOperation(**{k: tuple(v) for k, v in op.items()}) for op in r["operations"]),
+                ) for r in p["rules"]))
+            for p in raw["policies"]),
+        revoked=tuple(raw["revoked"]),
+    )
+
+
 def snapshot_from_dict(raw: dict[str, Any]) -> Snapshot:
     services = []
     for s in raw["services"]:
         services.append(Service(
             name=s["name"], vip=s["vip"],
             ports=tuple(ServicePort(**p) for p in s["ports"]),
-            endpoints=tuple(Endpoint(e["pod"], e["ip"], _t(e["labels"])) for e in s["endpoints"]),
+            endpoints=tuple(_endpoint(e) for e in s["endpoints"]),
             subsets=tuple(Subset(x["name"], _t(x["labels"])) for x in s["subsets"]),
             lb=s["lb"], pool=ConnectionPool(**s["pool"]), outlier=OutlierDetection(**s["outlier"]),
             budget=RetryBudget(**s["budget"]), routes=tuple(_route(r) for r in s["routes"]),
         ))
-    workloads = tuple(Endpoint(e["pod"], e["ip"], _t(e["labels"])) for e in raw.get("workloads", ()))
-    return Snapshot(version=raw["version"], pod=raw["pod"], services=tuple(services), workloads=workloads)
+    workloads = tuple(_endpoint(e) for e in raw.get("workloads", ()))
+    return Snapshot(version=raw["version"], pod=raw["pod"], services=tuple(services), workloads=workloads,
+                    security=_security(raw.get("security")))

@@ -51,6 +51,10 @@ CREATE TABLE IF NOT EXISTS configs (
     applied_at REAL NOT NULL,
     PRIMARY KEY (kind, namespace, name)
 );
+CREATE TABLE IF NOT EXISTS revocations (
+    identity TEXT PRIMARY KEY,
+    revoked_at REAL NOT NULL
+);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '0');
 """
 
@@ -266,6 +270,29 @@ class SqliteRegistry:
             return n
 
         return self._txn(txn)
+
+    # -- revoked identities --------------------------------------------------------------------
+    def revoke(self, identity: str) -> bool:
+        def txn(db: sqlite3.Connection) -> bool:
+            done = db.execute("INSERT OR IGNORE INTO revocations (identity, revoked_at) VALUES (?, ?)",
+                              (identity, time.time())).rowcount > 0
+            if done:
+                self._bump(db)
+            return done
+
+        return self._txn(txn)
+
+    def unrevoke(self, identity: str) -> bool:
+        def txn(db: sqlite3.Connection) -> bool:
+            done = db.execute("DELETE FROM revocations WHERE identity = ?", (identity,)).rowcount > 0
+            if done:
+                self._bump(db)
+            return done
+
+        return self._txn(txn)
+
+    def list_revoked(self) -> list[str]:
+        return [str(r[0]) for r in self._read("SELECT identity FROM revocations ORDER BY identity")]
 
     def close(self) -> None:
         self._db.close()

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from meshns.compiler import identity_of
 from meshns.config import MeshConfig
 from meshns.errors import ConflictError, MeshnsError, NotFoundError, SystemFailure, UserError
 from meshns.intercept.apply import apply_in_netns, read_installed_in_netns
@@ -31,6 +32,7 @@ from meshns.intercept.render import render_save
 from meshns.intercept.spec import InterceptSpec
 from meshns.mesh import Mesh
 from meshns.model import PodRecord, PodSpec, PodState
+from meshns.mtls.ca import CertAuthority
 from meshns.names import netns_name, validate_pod_name, veth_host_name
 from meshns.netns import apply, files, hostguard, ipam, procs, supervisor, validate
 from meshns.netns.plan import PodNetPlan, plan_pod_network, render_plan
@@ -129,6 +131,10 @@ def _build(mesh: Mesh, record: PodRecord, net: PodNetPlan, rules: RulePlan,
         raise SystemFailure("interception rules read back from the kernel differ from the plan")
     pod_dir = mesh.cfg.pod_dir(record.name)
     pod_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    # The mesh CA is made on first use; the supervisor issues the pod's certificate from it.
+    authority = CertAuthority.ensure(mesh.cfg.ca_dir)
+    identity = {"ca_dir": str(mesh.cfg.ca_dir), "spiffe": identity_of(record, authority.trust_domain),
+                "ttl_s": record.spec.cert_ttl_s}
     _write_json(pod_dir / "sidecar.json", {"pod": record.name, "pod_ip": str(record.ip),
                                            "http_parser": record.spec.http_parser,
                                            "drain_timeout_s": record.spec.drain_timeout_s,
@@ -136,7 +142,7 @@ def _build(mesh: Mesh, record: PodRecord, net: PodNetPlan, rules: RulePlan,
     _write_json(pod_dir / "supervisor.json", {
         "pod": record.name, "netns": record.netns, "pod_ip": str(record.ip),
         "gateway": str(ipam.gateway(mesh.cfg.pod_cidr)), "app": list(record.spec.app),
-        "ready_timeout_s": ready_timeout_s,
+        "ready_timeout_s": ready_timeout_s, "identity": identity,
     })
     publish(mesh)  # hosts entries and the first snapshot, before the sidecar starts
     return _start_supervisor(mesh, record, ready_timeout_s + 5.0)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from meshns.compiler import compile_services, snapshot_for, stored_docs, workloads_of
+from meshns.compiler import compile_services, pod_security, security_for, snapshot_for, stored_docs, workloads_of
 from meshns.mesh import Mesh
+from meshns.mtls.ca import CertAuthority
 from meshns.netns import files
 
 SNAPSHOT_FILE = "snapshot.json"
@@ -33,12 +34,19 @@ def publish(mesh: Mesh) -> list[str]:
         generation = reg.generation()
         pods = reg.list_pods()
         services = reg.list_services()
-        compiled, warnings = compile_services(services, pods, stored_docs(reg.list_configs()))
-        workloads = workloads_of(pods)
+        docs = stored_docs(reg.list_configs())
+        ca_dir = mesh.cfg.ca_dir
+        trust_domain = CertAuthority.load(ca_dir).trust_domain if CertAuthority.exists(ca_dir) else None
+        sec = pod_security(pods, docs, trust_domain)
+        revoked = reg.list_revoked()
+        compiled, warnings = compile_services(services, pods, docs, sec)
+        workloads = workloads_of(pods, sec)
         hosts = files.render_hosts([(p.name, p.ip) for p in pods] + [(s.name, s.vip) for s in services])
         for pod in pods:
             files.write_hosts(pod.netns, hosts)
             pod_dir = mesh.cfg.pod_dir(pod.name)
             if pod_dir.is_dir():
-                write_atomic(pod_dir / SNAPSHOT_FILE, snapshot_for(pod.name, generation, compiled, workloads).to_json())
+                snap = snapshot_for(pod.name, generation, compiled, workloads,
+                                    security_for(pod.name, sec, trust_domain, revoked))
+                write_atomic(pod_dir / SNAPSHOT_FILE, snap.to_json())
     return warnings

@@ -104,7 +104,9 @@ def _json_or_none(reply: tuple[int, bytes] | None) -> Any:
 
 
 def _identity(certs: Any) -> tuple[str | None, str | None]:
-    """(identity, expiry) from /certs, once mTLS exists; shape-tolerant on purpose."""
+    """(identity, expiry) from the sidecar's /certs."""
+    if isinstance(certs, dict) and isinstance(certs.get("certificates"), list):
+        certs = certs["certificates"]
     if isinstance(certs, list) and certs:
         certs = certs[0]
     if not isinstance(certs, dict):

@@ -34,6 +34,10 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from meshns.errors import MeshnsError
+from meshns.mtls.identity import SpiffeId
+from meshns.mtls.keeper import IdentityKeeper
+from meshns.mtls.tls import WorkloadTls, encode_identity
+from meshns.netns.certinfo import write_cert_info
 from meshns.netns.child import enter_netns
 from meshns.netns.validate import validate
 from meshns.ports import PROXY_GID, PROXY_UID
@@ -47,6 +51,9 @@ APP_GRACE_S = 5.0
 # this much longer to exit before SIGKILL (closing listeners, flushing logs, interpreter exit).
 DEFAULT_DRAIN_TIMEOUT_S = 5.0
 SIDECAR_EXIT_MARGIN_S = 2.0
+# How often the certificate is looked at (renewal is due at half its lifetime; root rotations
+# are noticed through the CA's generation).
+IDENTITY_CHECK_S = 0.25
 
 
 def sidecar_stop_s(drain_timeout_s: float) -> float:
@@ -81,6 +88,17 @@ class Supervisor:
         self.sidecar: subprocess.Popen[bytes] | None = None
         self.app: subprocess.Popen[bytes] | None = None
         self.drain_timeout_s = DEFAULT_DRAIN_TIMEOUT_S
+        # mTLS: the supervisor (root) issues and renews this pod's certificate and hands it to
+        # the sidecar (uid 1337) over a pipe; the CA key never leaves the state directory.
+        ident = self.plan.get("identity")
+        self.keeper: IdentityKeeper | None = None
+        if ident:
+            ttl = ident.get("ttl_s")
+            self.keeper = IdentityKeeper(Path(ident["ca_dir"]), SpiffeId.parse(ident["spiffe"]),
+                                         None if ttl is None else float(ttl))
+        self.identity_w: int | None = None  # our end of the current sidecar's identity pipe
+        self.identity_out = b""  # bytes not yet taken by the pipe
+        self.next_identity_check = 0.0
 
     # -- state file ------------------------------------------------------------------------
     def save(self) -> None:
@@ -106,16 +124,25 @@ class Supervisor:
         config = json.loads((self.pod_dir / "sidecar.json").read_text())
         self.drain_timeout_s = float(config.get("drain_timeout_s", DEFAULT_DRAIN_TIMEOUT_S))
         dir_fd = os.open(self.pod_dir, os.O_RDONLY | os.O_DIRECTORY)
+        fds = [dir_fd]
+        if self.keeper is not None:
+            read_end, write_end = os.pipe()
+            fds.append(read_end)
+            config["identity_fd"] = read_end
+            self._set_identity_pipe(write_end)
         try:
             config["snapshot_dir_fd"] = dir_fd
             self.sidecar = subprocess.Popen(
                 [sys.executable, "-m", "meshns.dataplane", "--config", "-"],
-                stdin=subprocess.PIPE, pass_fds=(dir_fd,), close_fds=True,
+                stdin=subprocess.PIPE, pass_fds=tuple(fds), close_fds=True,
                 # This process has one thread, so preexec_fn is safe here.
                 preexec_fn=self._sidecar_preexec,  # noqa: PLW1509
             )
         finally:
-            os.close(dir_fd)
+            for fd in fds:
+                os.close(fd)
+        if self.keeper is not None:
+            self._send_identity(self.keeper.current())
         assert self.sidecar.stdin is not None
         with self.sidecar.stdin:
             self.sidecar.stdin.write(json.dumps(config).encode())
@@ -123,6 +150,46 @@ class Supervisor:
         self.state.sidecar_started_at = time.time()
         self.log(f"sidecar started pid={self.sidecar.pid}")
         self.save()
+
+    # -- identity ---------------------------------------------------------------------------
+    def _set_identity_pipe(self, fd: int) -> None:
+        if self.identity_w is not None:
+            os.close(self.identity_w)
+        os.set_blocking(fd, False)  # a stuck sidecar must never block the supervisor
+        self.identity_w = fd
+        self.identity_out = b""
+
+    def _send_identity(self, w: WorkloadTls) -> None:
+        self.identity_out += encode_identity(w)
+        self._flush_identity()
+        write_cert_info(self.pod_dir, w, self.keeper.generation if self.keeper else 0)
+
+    def _flush_identity(self) -> None:
+        while self.identity_out and self.identity_w is not None:
+            try:
+                n = os.write(self.identity_w, self.identity_out)
+            except BlockingIOError:
+                return  # the rest goes out on a later tick
+            except OSError as exc:  # the sidecar is gone; its successor gets a new pipe
+                self.log(f"identity pipe: {exc}")
+                self.identity_out = b""
+                return
+            self.identity_out = self.identity_out[n:]
+
+    def check_identity(self) -> None:
+        """Renew at half the lifetime, and follow root rotations; cheap when nothing is due."""
+        if self.keeper is None or time.monotonic() < self.next_identity_check:
+            return
+        self.next_identity_check = time.monotonic() + IDENTITY_CHECK_S
+        self._flush_identity()
+        try:
+            fresh = self.keeper.tick()
+        except (MeshnsError, OSError, ValueError) as exc:
+            self.log(f"certificate renewal failed (will retry): {exc}")
+            return
+        if fresh is not None:
+            self.log(f"certificate {fresh.serial} issued for {fresh.identity}, valid until {fresh.not_after:.0f}")
+            self._send_identity(fresh)
 
     def start_app(self) -> None:
         argv: list[str] = self.plan["app"]
@@ -145,6 +212,11 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         self.save()
+        if self.keeper is not None:
+            try:
+                self.keeper.current()
+            except (MeshnsError, OSError, ValueError) as exc:
+                return self.fail(f"cannot issue the workload certificate: {exc}")
         self.start_sidecar()
         self.state.phase = "validating"
         self.save()
@@ -177,6 +249,7 @@ class Supervisor:
         restart_at: float | None = None
         while not self.stopping:
             time.sleep(0.05)
+            self.check_identity()
             if self.app is not None and self.state.app_state == "running":
                 code = self.app.poll()
                 if code is not None:

@@ -35,6 +35,7 @@ from meshns.dataplane.http1.inbound_exchange import InboundExchange
 from meshns.dataplane.http1.parser import RequestParser
 from meshns.dataplane.http1.pipe import Pipe
 from meshns.dataplane.http1.upstream import HIGH_WATER, LOW_WATER, UpstreamConn
+from meshns.dataplane.inbound_authz import deny_tcp
 from meshns.dataplane.metrics import TcpObs
 from meshns.dataplane.observe import NULL_TCP, peername_of
 
@@ -54,13 +55,14 @@ class InboundConnection(ClientConnection):
     pipe: Pipe | None
     bad: ParseError | None
 
-    def __init__(self, hctx: HttpContext, transport: asyncio.Transport, fwd: Forward) -> None:
+    def __init__(self, hctx: HttpContext, transport: asyncio.Transport, fwd: Forward, peer: str = "") -> None:
         self._init_client(hctx, transport)
         self.fwd = fwd
+        self.peer_id = peer  # the client's verified SPIFFE ID; "" for plaintext
         self.app_addr = str(fwd.target)
         self.default_host = self.app_addr.encode()
         self.source = peername_of(transport)
-        self.peers = hctx.obs.inbound(self.source.rpartition(":")[0], fwd.target.ip, fwd.target.port)
+        self.peers = hctx.obs.inbound(self.source.rpartition(":")[0], fwd.target.ip, fwd.target.port, peer)
         self.app: UpstreamConn | None = None
         self.dial_task: asyncio.Task[None] | None = None
         self.dial_failed = False
@@ -307,6 +309,17 @@ class InboundConnection(ClientConnection):
     def go_opaque(self) -> None:
         if self.pipe is not None:
             return
+        if not self.opaque:
+            why = deny_tcp(self.hctx.store.current.snapshot.security, self.peer_id, self.fwd.target.port)
+            if why is not None:
+                self.hctx.stats.authz_denied_tcp += 1
+                log.warning("connection %s (%s) -> port %d denied: %s", self.source, self.peer_id or "plaintext",
+                            self.fwd.target.port, why)
+                self.opaque = True
+                if self.app is not None:
+                    self.close(self.app, abort=True)
+                self.transport.abort()
+                return
         self.opaque = True
         self.pause(PAUSE_OPAQUE)
         if self.app is not None:
@@ -351,7 +364,7 @@ class InboundConnection(ClientConnection):
         self.pipe.start(to_up, to_client, self.client_eof)
 
 
-def take_over_inbound(hctx: HttpContext, transport: asyncio.BaseTransport, fwd: Forward) -> bool:
+def take_over_inbound(hctx: HttpContext, transport: asyncio.BaseTransport, fwd: Forward, peer: str = "") -> bool:
     """The relay's inbound hook: this module owns every forwarded inbound connection."""
-    InboundConnection(hctx, cast(asyncio.Transport, transport), fwd).begin()
+    InboundConnection(hctx, cast(asyncio.Transport, transport), fwd, peer).begin()
     return True

@@ -11,6 +11,7 @@ or reset before answering); after it, the client is reset so a truncated body ne
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -24,11 +25,20 @@ from meshns.dataplane.http1.head import (
     serialize_response,
 )
 from meshns.dataplane.http1.upstream import UpstreamConn
+from meshns.dataplane.inbound_authz import (
+    DENIED_HEADER,
+    RBAC_FLAG,
+    deny_http,
+    normalize_target,
+    set_identity_headers,
+)
 from meshns.dataplane.policy import flags
 from meshns.dataplane.tracing import rewrite_trace
 
 if TYPE_CHECKING:
     from meshns.dataplane.http1.inbound import InboundConnection
+
+log = logging.getLogger("meshns.dataplane.http1.inbound")
 
 
 class InboundExchange(Exchange):
@@ -54,6 +64,15 @@ class InboundExchange(Exchange):
 
     def start(self) -> None:
         self.hctx.stats.http_requests += 1
+        down, head = self.down, self.head
+        security = self.hctx.store.current.snapshot.security
+        if security.policies:
+            head.target = normalize_target(head.target)
+        why = deny_http(security, down.peer_id, down.fwd.target.port, head.method, head.target)
+        if why is not None:
+            self.deny(why)
+            return
+        set_identity_headers(head.headers, down.peer_id, security.identity)
         # The client's sidecar made this hop's span; a request from outside the mesh gets an id
         # and a trace here.
         self.request_id = rewrite_trace(self.head.headers, self.hctx.obs.bits, True, new_span=False)
@@ -122,6 +141,20 @@ class InboundExchange(Exchange):
         body = b"" if self.head.method == b"HEAD" else (
             f"upstream connect error: the application in this pod is not reachable ({text})\n".encode())
         self.down.transport.write(local_response(status, "Service Unavailable", extra, body, close=True))
+        self.finish(False)
+
+    def deny(self, why: str) -> None:
+        """403 from an AuthorizationPolicy (or a revoked identity); the app never sees the request.
+        The connection closes: the request body, if any, was not read."""
+        self.hctx.stats.authz_denied_http += 1
+        log.warning("request %s %s from %s (%s) denied: %s", self.head.method.decode("latin-1"),
+                    self.head.target.decode("latin-1")[:200], self.down.source, self.down.peer_id or "plaintext", why)
+        extra = self.start_local_reply(403, RBAC_FLAG)
+        if extra is None:
+            return
+        extra.append(DENIED_HEADER + b": " + why.encode("ascii", "replace") + b"\r\n")
+        body = b"" if self.head.method == b"HEAD" else b"RBAC: access denied\n"
+        self.down.transport.write(local_response(403, "Forbidden", extra, body, close=True))
         self.finish(False)
 
     def finish(self, keep_alive: bool) -> None:

@@ -21,16 +21,29 @@ from meshns.istio import schema as S
 from meshns.istio.destinationrule import DestinationRuleSpec, parse_destination_rule
 from meshns.istio.hosts import DNS_LABEL, DNS_SUBDOMAIN
 from meshns.istio.reader import Ctx, FieldError, Node, show
+from meshns.istio.security import (
+    AuthorizationPolicySpec,
+    PeerAuthenticationSpec,
+    parse_authorization_policy,
+    parse_peer_authentication,
+)
 from meshns.istio.virtualservice import VirtualServiceSpec, parse_virtual_service
 
 NETWORKING_VERSIONS = ("networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3")
+SECURITY_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
 SECURITY_KINDS = ("PeerAuthentication", "AuthorizationPolicy")
 
-Spec = VirtualServiceSpec | DestinationRuleSpec
-_SPEC_PARSERS: dict[str, Callable[[Node], Spec]] = {
-    "VirtualService": parse_virtual_service,
-    "DestinationRule": parse_destination_rule,
+Spec = VirtualServiceSpec | DestinationRuleSpec | PeerAuthenticationSpec | AuthorizationPolicySpec
+# kind -> (the apiVersions it is accepted in, its spec parser)
+_SPEC_PARSERS: dict[str, tuple[tuple[str, ...], Callable[[Node], Spec]]] = {
+    "VirtualService": (NETWORKING_VERSIONS, parse_virtual_service),
+    "DestinationRule": (NETWORKING_VERSIONS, parse_destination_rule),
+    "PeerAuthentication": (SECURITY_VERSIONS, parse_peer_authentication),
+    "AuthorizationPolicy": (SECURITY_VERSIONS, parse_authorization_policy),
 }
+# Maps keyed by numbers (PeerAuthentication's portLevelMtls: {8080: {...}}): YAML makes the keys
+# ints, JSON can only hold strings, and the spec parser reads either spelling.
+_NUMBER_KEYED = frozenset({"spec.portLevelMtls"})
 
 
 @dataclass(frozen=True)
@@ -99,16 +112,19 @@ def _parse_one(given: object, where: str) -> tuple[ConfigDoc, list[str]]:
     except FieldError as exc:
         raise UserError(f"{where}: {exc}") from None
     where = f"{where} ({kind} {name})"
-    if api_version.startswith("security.istio.io/") and kind in SECURITY_KINDS:
-        raise UserError(f"{where}: {kind} is not supported yet (meshns applies VirtualService and "
-                        "DestinationRule for now)")
-    if kind not in _SPEC_PARSERS or api_version not in NETWORKING_VERSIONS:
-        raise UserError(f"{where}: {api_version} {kind} is not supported (meshns applies "
-                        f"VirtualService and DestinationRule of {', '.join(NETWORKING_VERSIONS)})")
+    versions, parse_spec = _SPEC_PARSERS.get(kind, ((), None))
+    if parse_spec is None or api_version not in versions:
+        raise UserError(f"{where}: {api_version} {kind} is not supported (meshns applies VirtualService and "
+                        f"DestinationRule of {', '.join(NETWORKING_VERSIONS)}, PeerAuthentication and "
+                        f"AuthorizationPolicy of {', '.join(SECURITY_VERSIONS)})")
     try:
         ns_node = meta.get("namespace")
         namespace = ns_node.str_(pattern=DNS_LABEL, what="a DNS-1123 label") if ns_node else "default"
-        spec = _SPEC_PARSERS[kind](root.req("spec"))
+        spec_node = root.get("spec")
+        if spec_node is None and kind in SECURITY_KINDS:
+            # Kubernetes reads a missing spec as empty: UNSET mode, or an ALLOW that allows nothing.
+            spec_node = Node({}, "spec", ctx)
+        spec = parse_spec(spec_node if spec_node is not None else root.req("spec"))
     except FieldError as exc:
         raise UserError(f"{where}: {exc}") from None
     assert isinstance(value, dict)  # root.obj() checked it
@@ -127,7 +143,12 @@ def _json_safe(value: object, path: str) -> object:
     """
     if isinstance(value, dict):
         out: dict[str, object] = {}
-        for k, v in value.items():
+        for given_key, v in value.items():
+            k = given_key
+            if path in _NUMBER_KEYED and isinstance(k, int) and not isinstance(k, bool):
+                k = str(k)  # JSON's spelling of the same key
+                if k in value or k in out:
+                    raise FieldError(f"{path}.{k}", f"is given twice ({given_key} and {k!r})")
             if not isinstance(k, str):
                 raise FieldError(path or "(document)", f"keys must be strings, got {show(k)} (quote it)")
             key = _join_surrogates(k, path)

@@ -3,8 +3,10 @@ it only knows.
 
 Two lists per object are what let parse tell a typo from a feature gap: a key in neither list is
 not an Istio field (an error, with a did-you-mean), a key in ``ignored`` is valid Istio that
-meshns does not implement (a warning naming the field, so nobody believes it took effect). Names
-follow Istio's API reference (networking.istio.io/v1).
+meshns does not implement (a warning naming the field, so nobody believes it took effect). A
+third list, ``refused``, is valid Istio that meshns does not implement and must not ignore either
+(an authorization match condition: dropping it widens the rule); the object's parser fails on it
+with the reason. Names follow Istio's API reference (networking.istio.io/v1, security.istio.io/v1).
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ class Schema:
     name: str  # Istio's message name, shown in errors
     implemented: frozenset[str]
     ignored: frozenset[str] = frozenset()
+    refused: frozenset[str] = frozenset()  # Node.obj accepts them; the parser must fail on them
 
     @property
     def known(self) -> frozenset[str]:
-        return self.implemented | self.ignored
+        return self.implemented | self.ignored | self.refused
 
 
-def _s(name: str, implemented: str, ignored: str = "") -> Schema:
-    return Schema(name, frozenset(implemented.split()), frozenset(ignored.split()))
+def _s(name: str, implemented: str, ignored: str = "", refused: str = "") -> Schema:
+    return Schema(name, frozenset(implemented.split()), frozenset(ignored.split()), frozenset(refused.split()))
 
 
 # Kubernetes envelope. `status` is written by a control plane, never by the user: ignored.
@@ -86,6 +89,22 @@ OUTLIER = _s(
 )
 # Subset-level trafficPolicy is valid Istio; meshns applies policy per service only.
 SUBSET = _s("Subset", "name labels", "trafficPolicy")
+
+# security.istio.io/v1. Selectors only have matchLabels; targetRef(s) (Gateway API attachment)
+# would change which workloads a policy applies to, so it is refused rather than ignored.
+WORKLOAD_SELECTOR = _s("WorkloadSelector", "matchLabels")
+PEER_AUTHENTICATION = _s("PeerAuthentication", "selector mtls portLevelMtls")
+MUTUAL_TLS = _s("PeerAuthentication.MutualTLS", "mode")
+AUTHORIZATION_POLICY = _s("AuthorizationPolicy", "selector action rules", refused="targetRef targetRefs provider")
+AUTHZ_RULE = _s("Rule", "from to", refused="when")
+AUTHZ_FROM = _s("Rule.From", "source")
+AUTHZ_TO = _s("Rule.To", "operation")
+AUTHZ_SOURCE = _s(
+    "Source", "principals notPrincipals namespaces notNamespaces",
+    refused="requestPrincipals notRequestPrincipals ipBlocks notIpBlocks remoteIpBlocks notRemoteIpBlocks "
+    "serviceAccounts notServiceAccounts",
+)
+AUTHZ_OPERATION = _s("Operation", "ports notPorts methods notMethods paths notPaths", refused="hosts notHosts")
 
 # Envoy's retry conditions that Istio passes through but meshns' data plane does not evaluate:
 # valid in Istio YAML, so a warning (the condition is dropped), not an error like a typo.

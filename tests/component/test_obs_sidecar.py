@@ -57,7 +57,7 @@ async def test_outbound_http_metrics_traces_and_admin_docs() -> None:
         assert (lab["reporter"], lab["source_workload"], lab["destination_service"], lab["response_code"],
                 lab["response_flags"], lab["request_protocol"], lab["source_principal"],
                 lab["connection_security_policy"], lab["grpc_response_status"]) == (
-            "source", "client", "reviews", "200", "-", "http", "unknown", "none", "")
+            "source", "client", "reviews", "200", "-", "http", "unknown", "unknown", "")
         counts = samples(text, "istio_request_duration_milliseconds_count")
         assert sum(v for _, v in counts) == 6
         assert sum(v for _, v in samples(text, "istio_response_bytes_count")) == 6

@@ -17,7 +17,7 @@ from meshns.dataplane.metrics import Health, Metrics
 from meshns.dataplane.stats import Stats
 from meshns.dataplane.tracing import rewrite_trace
 from meshns.errors import UserError
-from meshns.snapshot import Endpoint, Service, ServicePort, Snapshot
+from meshns.snapshot import Endpoint, Security, Service, ServicePort, Snapshot
 
 SNAP = Snapshot(version=3, pod="client-1", services=(
     Service("reviews", "10.96.0.10", (ServicePort(9080, 8080),),
@@ -25,24 +25,29 @@ SNAP = Snapshot(version=3, pod="client-1", services=(
     Service("web", "10.96.0.20", (ServicePort(80, 8000),), endpoints=(Endpoint("client-1", "10.0.0.5"),)),
 ))
 IDX = PeerIndex(SNAP)
+ID_CLIENT = "spiffe://cluster.local/ns/default/sa/client-1"
+ID_R1 = "spiffe://cluster.local/ns/default/sa/reviews-1"
+IDX_ID = PeerIndex(Snapshot(version=3, pod="client-1", services=SNAP.services, workloads=(
+    Endpoint("reviews-1", "10.0.0.11", identity=ID_R1), Endpoint("client-1", "10.0.0.5", identity=ID_CLIENT)),
+    security=Security(identity=ID_CLIENT)))
 
 
 @pytest.mark.parametrize(("case", "got", "want"), [
     ("outbound to a service VIP",
      http_labels(outbound_peers(IDX, "client-1", "10.96.0.10", 9080, "reviews"), "reviews-2", 200, "", ""),
-     ("source", "client-1", "unknown", "reviews-2", "unknown", "reviews", "http", "200", "", "-", "none")),
+     ("source", "client-1", "unknown", "reviews-2", "unknown", "reviews", "http", "200", "", "-", "unknown")),
     ("outbound, no endpoint answered",
      http_labels(outbound_peers(IDX, "client-1", "10.96.0.10", 9080, "reviews"), "unknown", 503, "", "UH"),
-     ("source", "client-1", "unknown", "unknown", "unknown", "reviews", "http", "503", "", "UH", "none")),
+     ("source", "client-1", "unknown", "unknown", "unknown", "reviews", "http", "503", "", "UH", "unknown")),
     ("outbound TCP to a known pod's service port",
      tcp_labels(p := outbound_peers(IDX, "client-1", "10.0.0.11", 8080), p.destination_workload),
-     ("source", "client-1", "unknown", "reviews-1", "unknown", "reviews", "tcp", "-", "none")),
+     ("source", "client-1", "unknown", "reviews-1", "unknown", "reviews", "tcp", "-", "unknown")),
     ("outbound TCP to a known pod, other port: the pod's name",
      tcp_labels(p := outbound_peers(IDX, "client-1", "10.0.0.12", 22), p.destination_workload),
-     ("source", "client-1", "unknown", "reviews-2", "unknown", "reviews-2", "tcp", "-", "none")),
+     ("source", "client-1", "unknown", "reviews-2", "unknown", "reviews-2", "tcp", "-", "unknown")),
     ("outbound TCP to the unknown",
      tcp_labels(p := outbound_peers(IDX, "client-1", "93.184.216.34", 443), p.destination_workload),
-     ("source", "client-1", "unknown", "unknown", "unknown", "unknown", "tcp", "-", "none")),
+     ("source", "client-1", "unknown", "unknown", "unknown", "unknown", "tcp", "-", "unknown")),
     ("inbound from a known pod to a served port",
      http_labels(p := inbound_peers(IDX, "client-1", "10.0.0.11", "10.0.0.5", 8000), p.destination_workload,
                  200, "0", "-"),
@@ -52,6 +57,17 @@ IDX = PeerIndex(SNAP)
                  404, "", "DC,UC"),
      ("destination", "unknown", "unknown", "client-1", "unknown", "client-1", "http", "404", "", "DC,UC",
       "none")),
+    ("mTLS, client side: own identity and the one expected at the destination",
+     tcp_labels(p := outbound_peers(IDX_ID, "client-1", "10.0.0.11", 8080), p.destination_workload),
+     ("source", "client-1", ID_CLIENT, "reviews-1", ID_R1, "reviews", "tcp", "-", "unknown")),
+    ("mTLS, server side: the verified peer and own identity",
+     http_labels(p := inbound_peers(IDX_ID, "client-1", "10.0.0.11", "10.0.0.5", 8000, ID_R1), p.destination_workload,
+                 200, "", ""),
+     ("destination", "reviews-1", ID_R1, "client-1", ID_CLIENT, "web", "http", "200", "", "-", "mutual_tls")),
+    ("mTLS pod, plaintext client",
+     http_labels(p := inbound_peers(IDX_ID, "client-1", "10.0.0.11", "10.0.0.5", 8000), p.destination_workload,
+                 200, "", ""),
+     ("destination", "reviews-1", "unknown", "client-1", ID_CLIENT, "web", "http", "200", "", "-", "none")),
 ])
 def test_labels(case: str, got: tuple[str, ...], want: tuple[str, ...]) -> None:
     assert got == want, case
