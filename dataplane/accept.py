@@ -21,13 +21,14 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from meshns.dataplane.addrs import OrigDst
 from meshns.dataplane.identity import MeshTls
 from meshns.dataplane.origdst import OrigDstError, OriginalDstResolver
 from meshns.dataplane.snapshots import SnapshotStore
 from meshns.dataplane.stats import Stats
+from meshns.dataplane.tls_transport import TlsStream
 from meshns.mtls.tls import PeerRejected, verify_peer
 
 log = logging.getLogger("meshns.dataplane.accept")
@@ -53,33 +54,6 @@ def _peer(conn: socket.socket) -> str:
         return f"{host}:{port}"
     except OSError:
         return "?"
-
-
-class _Gate(asyncio.Protocol):
-    """Checks the verified client's identity against the revocation list before the relay starts."""
-
-    def __init__(self, acceptor: InboundAcceptor, dst: OrigDst, source: str) -> None:
-        self.acceptor = acceptor
-        self.dst = dst
-        self.source = source
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        a = self.acceptor
-        revoked = a.store.current.snapshot.security.revoked
-        try:
-            peer = verify_peer(transport.get_extra_info("peercert"), revoked=revoked)
-        except PeerRejected as exc:
-            a.stats.tls_in_rejected += 1
-            log.warning("mTLS client %s refused: %s", self.source, exc.reason)
-            cast(asyncio.Transport, transport).abort()
-            return
-        a.stats.tls_in += 1
-        inner = a.factory(peer, self.dst)
-        transport.set_protocol(inner)
-        inner.connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        pass
 
 
 class InboundAcceptor:
@@ -128,6 +102,17 @@ class InboundAcceptor:
 
     def _peek(self, conn: socket.socket) -> None:
         try:
+            dst = self.resolver.resolve(conn)
+        except OrigDstError as exc:
+            self.stats.resolve_failures += 1
+            log.warning("cannot recover original destination of %s: %s", _peer(conn), exc)
+            conn.close()
+            return
+        if self._mode(dst) == "DISABLE":
+            # Nothing to choose: no wait for a silent client (the init step's probes are one).
+            self._spawn(self._plain(conn, dst))
+            return
+        try:
             first = conn.recv(1, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
             assert self._loop is not None
@@ -161,6 +146,11 @@ class InboundAcceptor:
         assert self._loop is not None
         self._loop.remove_reader(conn.fileno())
 
+    def _mode(self, dst: OrigDst) -> str:
+        if dst.port == self.probe_port:
+            return "DISABLE"
+        return self.store.current.snapshot.security.peer_authn.mode_for(dst.port)
+
     def _classify(self, conn: socket.socket, first: bytes | None) -> None:
         try:
             dst = self.resolver.resolve(conn)
@@ -170,9 +160,7 @@ class InboundAcceptor:
             conn.close()
             return
         hello = bool(first) and first is not None and first[0] == TLS_HANDSHAKE
-        mode = self.store.current.snapshot.security.peer_authn.mode_for(dst.port)
-        if dst.port == self.probe_port:
-            mode = "DISABLE"
+        mode = self._mode(dst)
         ctx = self.tls.server_ctx
         if hello and mode != "DISABLE" and ctx is not None:
             self._spawn(self._terminate(conn, dst, ctx))
@@ -200,9 +188,24 @@ class InboundAcceptor:
         assert self._loop is not None
         source = _peer(conn)
         try:
-            await self._loop.connect_accepted_socket(
-                lambda: _Gate(self, dst, source), conn, ssl=ctx, ssl_handshake_timeout=self.handshake_timeout_s)
-        except (OSError, TimeoutError, ConnectionError) as exc:  # ssl.SSLError is an OSError
+            _, stream = await self._loop.connect_accepted_socket(lambda: TlsStream(ctx, server_side=True), conn)
+        except OSError as exc:
+            log.info("inbound connection %s lost at accept: %s", source, exc)
+            conn.close()
+            return
+        try:
+            await stream.handshake(self.handshake_timeout_s)
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             self.stats.tls_handshake_failures += 1
             log.warning("mTLS handshake with %s failed: %s", source, handshake_failure(exc))
-            conn.close()
+            stream.abort()
+            return
+        try:
+            peer = verify_peer(stream.peercert, revoked=self.store.current.snapshot.security.revoked)
+        except PeerRejected as exc:
+            self.stats.tls_in_rejected += 1
+            log.warning("mTLS client %s refused: %s", source, exc.reason)
+            stream.abort()
+            return
+        self.stats.tls_in += 1
+        stream.attach(self.factory(peer, dst))

@@ -7,8 +7,8 @@ another workload is refused before a single application byte is written. Anythin
 address outside the mesh, a port whose PeerAuthentication is DISABLE, the sidecar's own hop to its
 app) is dialled as plain TCP.
 
-The check happens in ``_Gate.connection_made``, which asyncio calls after the handshake and before
-the real protocol exists; only a verified connection gets one (``transport.set_protocol``).
+The check happens after the handshake and before the real protocol exists; only a verified
+connection gets one (``TlsStream.attach``). TLS runs on ``TlsStream`` so FINs cross as half-closes.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import cast
 
 from meshns.dataplane.connect import tcp_connect
 from meshns.dataplane.decide import Forward
 from meshns.dataplane.identity import MeshTls
 from meshns.dataplane.snapshots import SnapshotStore
 from meshns.dataplane.stats import Stats
+from meshns.dataplane.tls_transport import TlsStream
 from meshns.mtls.tls import PeerRejected, verify_peer
 from meshns.snapshot import Endpoint, Snapshot
 
@@ -31,28 +31,6 @@ class PeerIdentityRefused(ConnectionError):
     """The upstream's certificate was valid but not the expected workload's (or revoked).
 
     A ConnectionError, so every caller treats it as a failed connect (503 UF / close)."""
-
-
-class _Gate(asyncio.Protocol):
-    def __init__(self, factory: Callable[[], asyncio.Protocol], expected: str, revoked: frozenset[str]) -> None:
-        self.factory = factory
-        self.expected = expected
-        self.revoked = revoked
-        self.rejected: str | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        try:
-            verify_peer(transport.get_extra_info("peercert"), expected=self.expected, revoked=self.revoked)
-        except PeerRejected as exc:
-            self.rejected = exc.reason
-            cast(asyncio.Transport, transport).abort()
-            return
-        inner = self.factory()
-        transport.set_protocol(inner)
-        inner.connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        pass
 
 
 class _Index:
@@ -97,17 +75,22 @@ class MeshConnector:
             return
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        gate = _Gate(factory, ep.identity, self.index().revoked)
         try:
             sock.setblocking(False)
             await loop.sock_connect(sock, fwd.target.as_tuple())
-            # server_hostname "": no SNI and no hostname check; the SPIFFE ID is checked instead.
-            await loop.create_connection(lambda: gate, sock=sock, ssl=ctx, server_hostname="",
-                                         ssl_handshake_timeout=self.handshake_timeout_s)
+            _, stream = await loop.create_connection(lambda: TlsStream(ctx, server_side=False), sock=sock)
         except BaseException:
             sock.close()
             raise
-        if gate.rejected is not None:
+        try:
+            await stream.handshake(self.handshake_timeout_s)
+            verify_peer(stream.peercert, expected=ep.identity, revoked=self.index().revoked)
+        except PeerRejected as exc:
+            stream.abort()
             self.stats.tls_peer_rejected += 1
-            raise PeerIdentityRefused(f"mTLS peer refused ({ep.pod}): {gate.rejected}")
+            raise PeerIdentityRefused(f"mTLS peer refused ({ep.pod}): {exc.reason}") from None
+        except BaseException:
+            stream.abort()
+            raise
         self.stats.tls_out += 1
+        stream.attach(factory())

@@ -71,7 +71,8 @@ def test_metrics_status_and_top_show_the_traffic(reviews: Mesh, background_load:
     assert by_name["r1"]["services"] == ["reviews:9080"]
     assert by_name["r1"]["traffic"]["inbound"]["rps"] > 0
     assert by_name["client"]["traffic"]["outbound"]["rps"] > 0
-    assert by_name["client"]["identity"] is None and "cert_expiry" in by_name["client"]
+    assert by_name["client"]["identity"] == "spiffe://cluster.local/ns/default/sa/client"
+    assert by_name["client"]["cert_expiry"].endswith("Z")
 
     table = reviews.run("status", "--window", "1").stdout.splitlines()
     assert table[0].split() == ["NAME", "IP", "SERVICES", "SIDECAR", "RESTARTS", "APP", "RPS", "ERR%"]

@@ -1,0 +1,247 @@
+"""TLS between sidecars on our own memory-BIO transport, because it must half-close.
+
+asyncio's (and uvloop's) SSL transports cannot ``write_eof``, and they close the whole connection
+on the peer's close_notify. A relay needs both: a client that sends its request and shuts down
+its write side must still get the reply (``socat -t``, ``nc -N``, rsh-style protocols). TLS 1.3
+allows exactly that, and OpenSSL implements it: a close_notify ends one direction only. So here
+a FIN from the app side becomes close_notify (+ FIN) on the wire, and a close_notify received
+becomes ``eof_received`` on the other side, as Envoy maps them.
+
+``TlsStream`` is the protocol of the raw TCP transport and, towards the relay, a transport
+itself (write, writelines, write_eof, close, abort, pause/resume_reading, flow control). The
+handshake runs first (``handshake()``); the caller verifies the peer (``peercert``) and only then
+attaches the real protocol (``attach``), so no application byte moves before secure naming holds.
+Plaintext that arrives before ``attach`` is held, not dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from typing import Any, Final, cast
+
+READ_SIZE: Final = 256 * 1024
+
+
+class TlsStream(asyncio.Protocol):
+    def __init__(self, ctx: ssl.SSLContext, server_side: bool) -> None:
+        self.ctx = ctx
+        self.server_side = server_side
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.sslobj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=server_side)
+        self.raw: asyncio.Transport | None = None
+        self.app: asyncio.Protocol | None = None
+        self.handshaken = False
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.held: list[bytes] = []
+        self.held_eof = False
+        self.eof_in = False  # the peer's write side is done (close_notify or FIN)
+        self.eof_out = False  # ours is (close_notify sent)
+        self.lost = False
+
+    # -- towards the raw transport (asyncio.Protocol) ---------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.raw = cast(asyncio.Transport, transport)
+        if not self.server_side:
+            self._step_handshake()
+
+    def data_received(self, data: bytes) -> None:
+        self.incoming.write(data)
+        if not self.handshaken:
+            self._step_handshake()
+            if not self.handshaken:
+                return
+        self._read()
+
+    def eof_received(self) -> bool:
+        # A FIN without close_notify: the peer is gone for writing all the same. (A truncation
+        # is reported to the app as an EOF; the relay's peers decide what it means.)
+        if not self.handshaken:
+            self._fail(ConnectionResetError("connection closed during the TLS handshake"))
+            return False
+        self._read()
+        self._end_of_input()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if not self.done.done():
+            self.done.set_exception(exc or ConnectionResetError("connection closed during the TLS handshake"))
+        if self.app is not None:
+            self.app.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.app is not None:
+            self.app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.app is not None:
+            self.app.resume_writing()
+
+    # -- handshake and decryption ---------------------------------------------------------
+
+    def _step_handshake(self) -> None:
+        try:
+            self.sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except (ssl.SSLError, OSError) as exc:
+            self._flush()  # the alert, so the peer learns why
+            self._fail(exc)
+            return
+        self.handshaken = True
+        self._flush()
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+        if self.raw is not None:
+            self.raw.abort()
+
+    def _read(self) -> None:
+        while not self.eof_in:
+            try:
+                chunk = self.sslobj.read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:  # close_notify: the peer's write side is done
+                self._end_of_input()
+                break
+            except ssl.SSLError:
+                if self.raw is not None:
+                    self.raw.abort()
+                break
+            if not chunk:
+                break
+            if self.app is not None:
+                self.app.data_received(chunk)
+            else:
+                self.held.append(chunk)
+        if self.outgoing.pending:
+            self._flush()  # e.g. a key update answer
+
+    def _end_of_input(self) -> None:
+        if self.eof_in:
+            return
+        self.eof_in = True
+        if self.app is None:
+            self.held_eof = True
+        elif not self.app.eof_received():
+            self.close()
+
+    def _flush(self) -> None:
+        data = self.outgoing.read()
+        if data and self.raw is not None and not self.raw.is_closing():
+            self.raw.write(data)
+
+    async def handshake(self, timeout_s: float) -> None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(self.done)
+        except TimeoutError:
+            if self.raw is not None:
+                self.raw.abort()
+            raise
+
+    @property
+    def peercert(self) -> Any:
+        return self.sslobj.getpeercert()
+
+    def attach(self, app: asyncio.Protocol) -> None:
+        """The verified connection's real protocol; held bytes and EOF are delivered now."""
+        self.app = app
+        app.connection_made(self)  # type: ignore[arg-type]  # duck-typed transport
+        # connection_made may have handed the connection to another protocol (set_protocol).
+        held, self.held = self.held, []
+        for chunk in held:
+            if self.app is not None:
+                self.app.data_received(chunk)
+        if self.held_eof and self.app is not None:
+            self.held_eof = False
+            if not self.app.eof_received():
+                self.close()
+
+    # -- towards the app protocol (an asyncio.Transport, duck-typed) -------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.eof_out or self.raw is None or self.raw.is_closing():
+            return
+        self.sslobj.write(data)
+        self._flush()
+
+    def writelines(self, chunks: Any) -> None:
+        if self.eof_out or self.raw is None or self.raw.is_closing():
+            return
+        for chunk in chunks:
+            self.sslobj.write(chunk)
+        self._flush()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        """Half-close: close_notify, then FIN; reading goes on."""
+        if self.eof_out or self.raw is None or self.raw.is_closing():
+            return
+        self.eof_out = True
+        self._close_notify()
+        if self.raw.can_write_eof():
+            self.raw.write_eof()
+
+    def close(self) -> None:
+        if self.raw is None or self.raw.is_closing():
+            return
+        if not self.eof_out and self.handshaken:
+            self.eof_out = True
+            self._close_notify()
+        self.raw.close()
+
+    def _close_notify(self) -> None:
+        # unwrap() queues close_notify, then wants the peer's, which comes later or never.
+        with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLError, ValueError):
+            self.sslobj.unwrap()
+        self._flush()
+
+    def abort(self) -> None:
+        if self.raw is not None:
+            self.raw.abort()
+
+    def is_closing(self) -> bool:
+        return self.raw is None or self.raw.is_closing()
+
+    def pause_reading(self) -> None:
+        if self.raw is not None and not self.raw.is_closing():
+            self.raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.raw is not None and not self.raw.is_closing():
+            self.raw.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self.raw is not None and self.raw.is_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self.raw.get_write_buffer_size() if self.raw is not None else 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if self.raw is not None:
+            self.raw.set_write_buffer_limits(high, low)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peercert":
+            return self.sslobj.getpeercert()
+        if name == "ssl_object":
+            return self.sslobj
+        return self.raw.get_extra_info(name, default) if self.raw is not None else default
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.app = cast(asyncio.Protocol, protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol | None:
+        return self.app
