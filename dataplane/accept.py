@@ -113,31 +113,37 @@ class InboundAcceptor:
             self._spawn(self._plain(conn, dst))
             return
         try:
-            first = conn.recv(1, socket.MSG_PEEK)
-        except (BlockingIOError, InterruptedError):
-            assert self._loop is not None
-            self._loop.add_reader(conn.fileno(), self._readable, conn)
-            self._waiting[conn] = self._loop.call_later(self.peek_timeout_s, self._silent, conn)
-            return
+            first = self._first_byte(conn)
         except OSError:
             conn.close()
             return
-        self._classify(conn, first)
+        if first is None:
+            assert self._loop is not None
+            self._loop.add_reader(conn.fileno(), self._readable, conn, dst)
+            self._waiting[conn] = self._loop.call_later(self.peek_timeout_s, self._silent, conn, dst)
+            return
+        self._classify(conn, dst, first)
 
-    def _readable(self, conn: socket.socket) -> None:
+    @staticmethod
+    def _first_byte(conn: socket.socket) -> bytes | None:
+        """The first byte without consuming it; b"" at EOF, None if nothing came yet."""
+        try:
+            return conn.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return None
+
+    def _readable(self, conn: socket.socket, dst: OrigDst) -> None:
         self._unwait(conn)
         try:
-            first = conn.recv(1, socket.MSG_PEEK)
-        except (BlockingIOError, InterruptedError):
-            first = None
+            first = self._first_byte(conn)
         except OSError:
             conn.close()
             return
-        self._classify(conn, first)
+        self._classify(conn, dst, first)
 
-    def _silent(self, conn: socket.socket) -> None:
+    def _silent(self, conn: socket.socket, dst: OrigDst) -> None:
         self._unwait(conn)
-        self._classify(conn, None)
+        self._classify(conn, dst, None)
 
     def _unwait(self, conn: socket.socket) -> None:
         timer = self._waiting.pop(conn, None)
@@ -151,14 +157,7 @@ class InboundAcceptor:
             return "DISABLE"
         return self.store.current.snapshot.security.peer_authn.mode_for(dst.port)
 
-    def _classify(self, conn: socket.socket, first: bytes | None) -> None:
-        try:
-            dst = self.resolver.resolve(conn)
-        except OrigDstError as exc:
-            self.stats.resolve_failures += 1
-            log.warning("cannot recover original destination of %s: %s", _peer(conn), exc)
-            conn.close()
-            return
+    def _classify(self, conn: socket.socket, dst: OrigDst, first: bytes | None) -> None:
         hello = bool(first) and first is not None and first[0] == TLS_HANDSHAKE
         mode = self._mode(dst)
         ctx = self.tls.server_ctx
