@@ -103,7 +103,9 @@ def test_payload_never_crosses_in_clear_between_meshed_pods(pair: Mesh, tmp_path
     # A non-meshed destination: a plain server on the bridge's own address (made by this test's mesh).
     plain = subprocess.Popen([PY, "-m", "http.server", "18080", "--bind", gateway(mesh)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
-    dump = subprocess.Popen(["tcpdump", "-i", mesh.bridge, "-U", "-w", str(pcap), "tcp"],
+    # --immediate-mode: packets reach the file as they come, not in kernel ring-buffer blocks that a
+    # terminated tcpdump may never write out.
+    dump = subprocess.Popen(["tcpdump", "--immediate-mode", "-i", mesh.bridge, "-U", "-w", str(pcap), "tcp"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         assert dump.stderr is not None
@@ -114,7 +116,8 @@ def test_payload_never_crosses_in_clear_between_meshed_pods(pair: Mesh, tmp_path
         wait_for(lambda: mesh.exec("client", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                                    "-H", f"X-Plain: {secret}", f"http://{gateway(mesh)}:18080/", check=False)
                  .stdout == "200", what="the plain server")
-        time.sleep(0.5)
+        # every packet so far is on disk once the last one (the plain exchange) is
+        wait_for(lambda: f"X-Plain: {secret}".encode() in pcap.read_bytes(), what="the plain request captured")
     finally:
         dump.terminate()
         dump.wait(timeout=10)
