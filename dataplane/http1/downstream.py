@@ -5,8 +5,11 @@ first bytes, so server-first protocols see their banner with no sniffing delay. 
 first decides: upstream bytes first, or client bytes that cannot be an HTTP/1.x request line, make
 the connection opaque TCP, piped to the eager connection (balanced per connection; a failed eager
 dial tries other endpoints, up to the default route's retry attempts). An HTTP/1.x request line
-makes it HTTP: the eager connection joins its endpoint's pool and every request is routed and
-balanced on its own (``flow.RequestFlow``). Requests are answered in order; a pipelined request
+makes it HTTP: every request is routed and balanced on its own (``flow.RequestFlow``), and the
+eager connection (dialled or still dialling) is kept for the first try to reach its endpoint, which
+the balancer prefers for that try. It is never pooled unused: an idle connection parked at the
+server sidecar makes it dial the app, and a one-connection-at-a-time app (``http.server``) would
+then wait on it while the real request queues behind. Requests are answered in order; a pipelined request
 waits (with the client paused) until the one before it finished.
 
 Reading from the client is paused for several independent reasons at once (no upstream attached
@@ -63,6 +66,7 @@ class ServiceConnection(ClientConnection):
         self.eager: UpstreamConn | None = None
         self.eager_task: asyncio.Task[None] | None = None
         self.eager_tried: set[str] = set()
+        self.eager_key: tuple[str, int] | None = None  # where the eager dial goes (HTTP: until claimed)
         self.closing = False
 
     # lifecycle
@@ -225,9 +229,6 @@ class ServiceConnection(ClientConnection):
             self.timer.cancel()
         # Keep-alive idle timeout, checked lazily: one timer per period, not one per request.
         self.timer = asyncio.get_running_loop().call_later(self.hctx.config.idle_timeout_s, self.idle_tick)
-        if self.eager is not None:
-            eager, self.eager = self.eager, None
-            self.pool.release(eager, True)
         self.parser = self.hctx.kit.request(self)
         data, self.buf = self.buf, b""
         self.feed(data)
@@ -254,8 +255,36 @@ class ServiceConnection(ClientConnection):
             return False
         self.eager_tried.add(ep.ip)
         self.state.breaker.connection_opened()  # counted, but an eager dial is never refused
-        self.eager_task = asyncio.ensure_future(self.eager_connect((ep.ip, port)))
+        self.eager_key = (ep.ip, port)
+        self.eager_task = asyncio.ensure_future(self.eager_connect(self.eager_key))
         return True
+
+    def eager_ip(self) -> str | None:
+        """The endpoint of an unclaimed eager connection, which the first try should prefer."""
+        return self.eager_key[0] if self.http and self.eager_key is not None else None
+
+    async def claim_eager(self, key: tuple[str, int]) -> UpstreamConn | None:
+        """The eager connection for a try to ``key`` (waiting for its dial), once; any other
+        first try releases it, closed. None: dial as usual."""
+        if self.eager_key is None:
+            return None
+        if key != self.eager_key:
+            self.drop_eager()
+            return None
+        if self.eager is None and self.eager_task is not None:
+            await asyncio.wait((self.eager_task,))  # its outcome lands in self.eager
+        self.eager_key = None
+        conn, self.eager = self.eager, None
+        if conn is None or not conn.usable():
+            return None
+        conn.user = None
+        return conn
+
+    def drop_eager(self) -> None:
+        self.eager_key = None
+        if self.eager is not None:
+            eager, self.eager = self.eager, None
+            self.pool.close(eager)
 
     async def eager_connect(self, key: tuple[str, int]) -> None:
         try:
@@ -264,16 +293,17 @@ class ServiceConnection(ClientConnection):
             self.eager_task = None
             log.info("eager connect to %s failed: %s", self.service.name, exc)
             if self.lost or self.http:
+                self.eager_key = None  # requests choose (and dial) afresh
                 return
             if not self.start_eager() and self.opaque:
                 self.hctx.stats.connect_failures += 1
                 self.transport.close()
             return
         self.eager_task = None
-        if self.lost:
-            self.pool.close(conn)
+        if self.lost or (self.http and self.eager_key != key):
+            self.pool.close(conn)  # unclaimed (see claim_eager) or no longer wanted
         elif self.http:
-            self.pool.release(conn, True)
+            self.eager = conn  # a first try is waiting for it, or will claim it
         elif self.pipe is None:
             self.eager = conn
             if self.opaque or self.up_first:
@@ -282,6 +312,12 @@ class ServiceConnection(ClientConnection):
     # UpstreamUser, while detecting: the upstream spoke first
 
     def up_data(self, conn: UpstreamConn, data: bytes) -> None:
+        if self.http:  # the server spoke on a connection no request uses yet: not reusable
+            if conn is self.eager:
+                self.drop_eager()
+            else:
+                self.pool.close(conn, abort=True)
+            return
         self.up_first.append(data)
         if self.eager is conn:
             self.go_opaque()
@@ -293,6 +329,8 @@ class ServiceConnection(ClientConnection):
     def up_lost(self, conn: UpstreamConn, exc: Exception | None) -> None:
         if conn is self.eager:
             self.eager = None
+            if self.http:
+                self.eager_key = None
 
     def up_pause(self) -> None:
         pass

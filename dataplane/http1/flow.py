@@ -166,7 +166,8 @@ class RequestFlow(Exchange):
         tried: set[str] = set()
         last: Outcome | None = None
         while True:
-            ep = choose_endpoint(service, state, subset, tried, loop.time(), rand)
+            prefer = self.down.eager_ip() if not tried else None
+            ep = choose_endpoint(service, state, subset, tried, loop.time(), rand, prefer)
             if ep is None or port is None:
                 self.fail(last, flags.UH)
                 return
@@ -198,7 +199,7 @@ class RequestFlow(Exchange):
 
     async def one_try(self, key: tuple[str, int], route: HttpRoute) -> Outcome | None:
         try:
-            up = await self.pool.acquire(key)
+            up = await self.down.claim_eager(key) or await self.pool.acquire(key)
         except ConnectFailed as exc:
             log.info("connect failed to %s:%d: %s", key[0], key[1], exc)
             return Outcome.connect_failure()

@@ -95,12 +95,22 @@ def choose_endpoint(
     exclude: set[str],
     now: float,
     rand: Callable[[], float],
+    prefer: str | None = None,
 ) -> Endpoint | None:
     """Subset endpoints, minus those already tried (unless none would remain: retrying the same
-    endpoint beats failing), minus the ejected (unless all are: panic mode), then the balancer."""
+    endpoint beats failing), minus the ejected (unless all are: panic mode), then the balancer.
+
+    ``prefer`` is an endpoint the balancer already picked for this client connection (its eager
+    dial): taken when it is still a healthy candidate, so the dialled connection is used rather
+    than left idle at the server (where it would block a one-connection-at-a-time app)."""
     candidates: list[Endpoint] | tuple[Endpoint, ...] = service.subset_endpoints(subset)
     if exclude:
         untried = [e for e in candidates if e.ip not in exclude]
         if untried:
             candidates = untried
-    return state.balancer.pick(healthy(candidates, state.outlier, now), state.active, rand)
+    usable = healthy(candidates, state.outlier, now)
+    if prefer is not None:
+        for ep in usable:
+            if ep.ip == prefer:
+                return ep
+    return state.balancer.pick(usable, state.active, rand)

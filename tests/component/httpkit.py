@@ -18,6 +18,7 @@ import uvloop
 
 from meshns.dataplane.addrs import OrigDst
 from meshns.dataplane.config import SidecarConfig
+from meshns.dataplane.connect import Connector
 from meshns.dataplane.origdst import FixedResolver
 from meshns.dataplane.server import Sidecar
 from meshns.snapshot import Endpoint, HttpRoute, Service, ServicePort, Snapshot
@@ -178,12 +179,13 @@ def service(port: int, n: int = 3, **over: Any) -> Service:
 
 
 @contextlib.asynccontextmanager
-async def sidecar(svc: Service | None, parser: str = "auto", seed: int = 7, **over: Any) -> AsyncIterator[Sidecar]:
+async def sidecar(svc: Service | None, parser: str = "auto", seed: int = 7, connector: Connector | None = None,
+                  **over: Any) -> AsyncIterator[Sidecar]:
     cfg: dict[str, Any] = {"pod": "client", "pod_ip": LO, "outbound_port": 0, "inbound_port": 0,
                            "admin_port": 0, "probe_port": 15002, "http_parser": parser}
     cfg.update(over)
     side = Sidecar(SidecarConfig(**cfg), resolver=FixedResolver(OrigDst(VIP, VPORT)),
-                   rng=random.Random(seed))
+                   rng=random.Random(seed), connector=connector)
     if svc is not None:
         side.store.set(Snapshot(version=1, pod="client", services=(svc,)))
     await side.start()

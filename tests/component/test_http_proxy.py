@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 
 import pytest
 from httpkit import Client, backends, service, sidecar, uvloop_test
@@ -31,6 +32,34 @@ def test_round_robin_per_request_over_one_keepalive_connection(parser: str) -> N
             assert all(b.connections <= 2 for b in bes), [b.connections for b in bes]
             assert side.stats.http_requests == 30
             assert side.http.services_doc()["reviews"]["requests"] == 30
+
+    run()
+
+
+@pytest.mark.parametrize("dial_delay_s", [0.0, 0.2])
+def test_first_request_uses_the_eager_connection(dial_delay_s: float) -> None:
+    # The eager dial (made at accept, for server-first protocols) is used by the first request,
+    # also when it is still dialling as the request arrives (a slow mTLS handshake): never a
+    # second connection while the eager one sits idle at the server, where it would block an
+    # app serving one connection at a time (python's http.server).
+    from meshns.dataplane.connect import tcp_connect
+    from meshns.dataplane.decide import Forward
+
+    async def slow_connect(factory: Callable[[], asyncio.Protocol], fwd: Forward) -> None:
+        await asyncio.sleep(dial_delay_s)
+        await tcp_connect(factory, fwd)
+
+    @uvloop_test
+    async def run() -> None:
+        async with backends() as (port, bes), sidecar(service(port), connector=slow_connect) as side:
+            for i in range(6):
+                client = await Client.open(side)
+                reply = await client.request("GET", f"/first/{i}")
+                assert reply.status == 200
+                client.close()
+            await asyncio.sleep(0.05)
+            assert sum(b.requests for b in bes) == 6
+            assert [b.connections for b in bes] == [b.requests for b in bes], "an eager connection went unused"
 
     run()
 

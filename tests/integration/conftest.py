@@ -179,14 +179,41 @@ def _new_mesh(base: Path) -> Mesh:
     return Mesh(state_dir=base / f"state-{tag}", bridge=f"tb{tag}", cidr=cidr, prefix=f"t{tag}-")
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    if report.when == "call":
+        item.stash[_FAILED] = report.failed
+    return report
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+def _dump_pod_logs(m: Mesh) -> None:
+    """On failure, the tail of every pod's logs goes into the captured output of the report,
+    so a CI failure can be read without the machine it ran on."""
+    pods_dir = m.state_dir / "pods"
+    if not pods_dir.is_dir():
+        return
+    for pod in sorted(os.listdir(pods_dir)):
+        for name in ("pod.log", "app.log"):
+            path = pods_dir / pod / name
+            if path.is_file():
+                tail = path.read_bytes()[-6000:].decode(errors="replace")
+                print(f"----- {pod}/{name} (last {len(tail)} bytes) -----\n{tail}")
+
+
 @pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[Mesh]:
+def mesh(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Mesh]:
     if os.geteuid() != 0:
         pytest.skip("needs root")
     m = _new_mesh(tmp_path)
     try:
         yield m
     finally:
+        if request.node.stash.get(_FAILED, False):
+            _dump_pod_logs(m)
         for proc in m.procs:
             if proc.poll() is None:
                 proc.kill()

@@ -90,24 +90,30 @@ def test_budget_ok() -> None:
 
 
 @pytest.mark.parametrize(
-    ("subset", "exclude", "ejected", "want"),
+    ("subset", "exclude", "ejected", "want", "prefer"),
     [
-        (None, set(), set(), E1.ip),  # round robin starts at the smallest ip
-        ("v1", set(), set(), E1.ip),
-        ("v2", set(), set(), E3.ip),
-        ("v1", {E1.ip}, set(), E2.ip),  # already tried: avoided
-        ("v2", {E3.ip}, set(), E3.ip),  # only one there: retried on the same endpoint
-        ("v1", set(), {E1.ip}, E2.ip),  # ejected: avoided
-        ("v1", set(), {E1.ip, E2.ip}, E1.ip),  # all ejected: panic, all candidates
-        ("v1", {E2.ip}, {E1.ip}, E1.ip),  # tried E2, E1 ejected: panic keeps E1
-        ("nope", set(), set(), None),  # unknown subset: no endpoint
+        (None, set(), set(), E1.ip, None),  # round robin starts at the smallest ip
+        (None, set(), set(), E3.ip, E3.ip),  # the eager connection's endpoint is preferred
+        ("v1", set(), set(), E1.ip, E3.ip),  # ... unless the route's subset excludes it
+        ("v1", set(), {E2.ip}, E1.ip, E2.ip),  # ... or it is ejected
+        ("v1", {E2.ip}, set(), E1.ip, E2.ip),  # ... or already tried
+        ("v1", set(), set(), E1.ip, "10.9.9.9"),  # ... or gone from the service
+        ("v1", set(), set(), E1.ip, None),
+        ("v2", set(), set(), E3.ip, None),
+        ("v1", {E1.ip}, set(), E2.ip, None),  # already tried: avoided
+        ("v2", {E3.ip}, set(), E3.ip, None),  # only one there: retried on the same endpoint
+        ("v1", set(), {E1.ip}, E2.ip, None),  # ejected: avoided
+        ("v1", set(), {E1.ip, E2.ip}, E1.ip, None),  # all ejected: panic, all candidates
+        ("v1", {E2.ip}, {E1.ip}, E1.ip, None),  # tried E2, E1 ejected: panic keeps E1
+        ("nope", set(), set(), None, None),  # unknown subset: no endpoint
     ],
 )
-def test_choose_endpoint(subset: str | None, exclude: set[str], ejected: set[str], want: str | None) -> None:
+def test_choose_endpoint(subset: str | None, exclude: set[str], ejected: set[str], want: str | None,
+                         prefer: str | None) -> None:
     st = ServiceState(SVC)
     for ip in ejected:
         st.outlier.record(ip, True, 0.0, 3)
-    got = choose_endpoint(SVC, st, subset, exclude, 1.0, const(0.0))
+    got = choose_endpoint(SVC, st, subset, exclude, 1.0, const(0.0), prefer)
     assert (got.ip if got else None) == want
 
 
