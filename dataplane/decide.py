@@ -22,10 +22,12 @@ class Direction(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """Relay bytes to ``target``; bind the upstream socket to ``bind_source`` first if set."""
+    """Relay bytes to ``target``; bind the upstream socket to ``bind_source`` first if set.
+    ``h2``: the connection will carry HTTP/2 (mTLS offers ALPN meshns-h2)."""
 
     target: OrigDst
     bind_source: str | None
+    h2: bool = False
 
 
 @dataclass(frozen=True, slots=True)

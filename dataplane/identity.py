@@ -29,6 +29,7 @@ class MeshTls:
         self.workload: WorkloadTls | None = None
         self.server_ctx: ssl.SSLContext | None = None
         self.client_ctx: ssl.SSLContext | None = None
+        self.client_ctx_h2: ssl.SSLContext | None = None  # the same identity, offering ALPN meshns-h2
         self.updates = 0
         self.update_errors = 0
 
@@ -37,9 +38,10 @@ class MeshTls:
         return self.workload.identity if self.workload is not None else ""
 
     def update(self, w: WorkloadTls) -> None:
-        server, client = server_context(w), client_context(w)  # build both before swapping either
+        # Build every context before swapping any.
+        server, client, client_h2 = server_context(w), client_context(w), client_context(w, h2=True)
         old = self.workload
-        self.workload, self.server_ctx, self.client_ctx = w, server, client
+        self.workload, self.server_ctx, self.client_ctx, self.client_ctx_h2 = w, server, client, client_h2
         self.updates += 1
         if old is None:
             log.info("identity %s serial=%s valid until %s", w.identity, w.serial, _stamp(w.not_after))

@@ -108,9 +108,9 @@ def inbound_peers(index: PeerIndex, pod: str, client_ip: str, dst_ip: str, dst_p
 
 
 def http_labels(peers: Peers, destination_workload: str, code: int, grpc_status: str,
-                flags: str) -> HttpLabels:
+                flags: str, protocol: str = "http") -> HttpLabels:
     return (peers.reporter, peers.source_workload, peers.source_principal, destination_workload,
-            peers.destination_principal, peers.destination_service, "http", str(code), grpc_status,
+            peers.destination_principal, peers.destination_service, protocol, str(code), grpc_status,
             flags or NO_FLAGS, peers.security)
 
 

@@ -69,7 +69,7 @@ class MeshConnector:
 
     async def __call__(self, factory: Callable[[], asyncio.Protocol], fwd: Forward) -> None:
         ep = self.peer_of(fwd)
-        ctx = self.tls.client_ctx
+        ctx = self.tls.client_ctx_h2 if fwd.h2 else self.tls.client_ctx
         if ep is None or ctx is None:
             await tcp_connect(factory, fwd)
             return

@@ -15,7 +15,6 @@ from typing import Protocol
 
 from meshns.dataplane import accesslog
 from meshns.dataplane.config import SidecarConfig
-from meshns.dataplane.http1.head import RequestHead
 from meshns.dataplane.labels import (
     PeerIndex,
     Peers,
@@ -35,7 +34,7 @@ class HttpRecord(Protocol):
     """What a finished request exposes to the observer (RequestFlow, InboundExchange)."""
 
     peers: Peers
-    head: RequestHead
+    request_protocol: str  # Istio's label: "http", or "grpc" for a gRPC call
     endpoint_pod: str
     status: int
     grpc_status: str
@@ -48,6 +47,10 @@ class HttpRecord(Protocol):
     upstream_host: str
 
     def source_address(self) -> str: ...
+
+    def request_line(self) -> tuple[str, str, str, str]:
+        """(method, path, authority, protocol as in "HTTP/1.1") for the access log."""
+        ...
 
 
 # A TcpObs that reports nowhere: upgraded HTTP connections (already counted as a request) and
@@ -106,17 +109,17 @@ class Observer:
         duration_ms = (time.perf_counter() - r.t0) * 1000.0
         flags = ",".join(r.flags) if r.flags else ""
         self.metrics.observe_http(
-            http_labels(r.peers, r.endpoint_pod, r.status, r.grpc_status, flags),
+            http_labels(r.peers, r.endpoint_pod, r.status, r.grpc_status, flags, r.request_protocol),
             duration_ms, r.req_body_bytes, r.resp_body_bytes)
         if self.access_http and accesslog.log.isEnabledFor(_INFO):
-            p, head = r.peers, r.head
+            p = r.peers
+            method, path, authority, protocol = r.request_line()
             accesslog.write(accesslog.http_line(
                 reporter=p.reporter, source_workload=p.source_workload,
                 source_address=r.source_address(), destination_workload=r.endpoint_pod,
                 destination_service=p.destination_service, destination_address=r.upstream_host,
-                method=head.method.decode("latin-1"), path=head.target.decode("latin-1"),
-                authority=head.host.decode("latin-1") if head.host is not None else "",
-                protocol=f"HTTP/1.{head.minor}", status=r.status, response_flags=flags or "-",
+                method=method, path=path, authority=authority,
+                protocol=protocol, status=r.status, response_flags=flags or "-",
                 attempts=r.tries, duration_ms=duration_ms, request_bytes=r.req_body_bytes,
                 response_bytes=r.resp_body_bytes, request_id=r.request_id,
                 upstream_host=r.upstream_host))

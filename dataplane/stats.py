@@ -51,6 +51,12 @@ class Stats:
     # Authorization: connections closed and requests answered 403 by an AuthorizationPolicy.
     authz_denied_tcp: int = 0
     authz_denied_http: int = 0
+    # HTTP/2: client connections (outbound to a service, or inbound), those closed with GOAWAY
+    # ENHANCE_YOUR_CALM by the flood guard, and those closed for a protocol error (h2's GOAWAY:
+    # oversized header list, bad frames, flow-control violations).
+    h2_connections: int = 0
+    h2_floods: int = 0
+    h2_protocol_errors: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -18,6 +18,9 @@ from typing import Final
 from meshns.mtls.identity import SCHEME, IdentityError, SpiffeId
 
 MESH_ALPN: Final = "meshns"
+# The HTTP/2 flavour (as Istio's "istio-h2"): the server sidecar learns the protocol from the
+# handshake and runs its HTTP/2 endpoint at once, without sniffing the bytes again.
+MESH_ALPN_H2: Final = "meshns-h2"
 MESSAGE_TYPE: Final = "identity"
 
 
@@ -85,23 +88,25 @@ def decode_identity(line: bytes) -> WorkloadTls:
 
 def server_context(w: WorkloadTls) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _configure(ctx, w)
+    # The server picks the first of its own list that the client offers.
+    _configure(ctx, w, [MESH_ALPN_H2, MESH_ALPN])
     return ctx
 
 
-def client_context(w: WorkloadTls) -> ssl.SSLContext:
+def client_context(w: WorkloadTls, h2: bool = False) -> ssl.SSLContext:
+    """``h2``: offer the HTTP/2 ALPN value first (an older server still picks plain "meshns")."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False  # the peer is named by its SPIFFE ID (verify_peer), not by a host name
-    _configure(ctx, w)
+    _configure(ctx, w, [MESH_ALPN_H2, MESH_ALPN] if h2 else [MESH_ALPN])
     return ctx
 
 
-def _configure(ctx: ssl.SSLContext, w: WorkloadTls) -> None:
+def _configure(ctx: ssl.SSLContext, w: WorkloadTls, alpn: list[str]) -> None:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(cadata=w.bundle_pem)
     # A server that finds no common protocol (or none offered) carries on without ALPN.
-    ctx.set_alpn_protocols([MESH_ALPN])
+    ctx.set_alpn_protocols(alpn)
     _load_identity(ctx, w)
 
 

@@ -14,7 +14,7 @@ import asyncio
 import collections
 from typing import Any
 
-from meshns.dataplane.http1.detect import Http1, NeedMore, detect
+from meshns.dataplane.http1.detect import Http1, Http2, NeedMore, detect, is_h2_server_hello
 from meshns.dataplane.http1.upstream import HIGH_WATER, LOW_WATER
 
 
@@ -74,6 +74,15 @@ class ClientConnection(asyncio.Protocol):
     def go_opaque(self) -> None:
         raise NotImplementedError
 
+    def go_h2(self) -> None:
+        raise NotImplementedError
+
+    def upstream_decides(self) -> bool:
+        """Whether the bytes the upstream sent first make the connection opaque (a server-first
+        protocol spoke). An HTTP/2 server's SETTINGS does not: it is sent before any request,
+        and the client's preface decides."""
+        return bool(self.up_first) and not is_h2_server_hello(b"".join(self.up_first))
+
     def opaque_because(self, reason: str) -> None:
         """Hook for a log line when the first bytes are not HTTP/1."""
 
@@ -116,6 +125,8 @@ class ClientConnection(asyncio.Protocol):
             return
         if isinstance(verdict, Http1):
             self.go_http()
+        elif isinstance(verdict, Http2):
+            self.go_h2()
         else:
             self.opaque_because(verdict.reason)
             self.go_opaque()

@@ -8,8 +8,10 @@ from typing import Protocol
 
 from meshns.dataplane.config import SidecarConfig
 from meshns.dataplane.connect import Connector
+from meshns.dataplane.decide import Forward
 from meshns.dataplane.http1.parser import ParserKit
 from meshns.dataplane.http1.upstream import ServicePool
+from meshns.dataplane.http2.client import H2Pool
 from meshns.dataplane.observe import Observer
 from meshns.dataplane.policy.state import ServiceState, ServiceStates
 from meshns.dataplane.snapshots import SnapshotStore
@@ -39,6 +41,8 @@ class HttpContext:
         self.rand = rng.random  # pre-bound: the policy functions take a () -> float
         self.states = ServiceStates()
         self.pools: dict[str, ServicePool] = {}
+        self.h2_pools: dict[str, H2Pool] = {}  # per service (outbound), HTTP/2 upstreams
+        self.h2_app_pools: dict[tuple[str, int], H2Pool] = {}  # per app address (inbound)
         self.live: set[LiveConn] = set()
         self.obs = obs
         self.draining = False
@@ -50,10 +54,26 @@ class HttpContext:
             pool = self.pools[service.name] = ServicePool(state, self.connector)
         return state, pool
 
+    def h2_pool(self, service: Service) -> H2Pool:
+        pool = self.h2_pools.get(service.name)
+        if pool is None:
+            p = service.pool
+            pool = self.h2_pools[service.name] = H2Pool(self.connector, p.connect_timeout_s, p.idle_timeout_s)
+        return pool
+
+    def h2_app_pool(self, fwd: Forward) -> H2Pool:
+        key = fwd.target.as_tuple()
+        pool = self.h2_app_pools.get(key)
+        if pool is None:
+            pool = self.h2_app_pools[key] = H2Pool(self.connector, self.config.connect_timeout_s,
+                                                   self.config.idle_timeout_s, fwd.bind_source)
+        return pool
+
     def services_doc(self) -> dict[str, object]:
         doc: dict[str, object] = {}
         for name, pool in self.pools.items():
             st = pool.state
+            h2 = self.h2_pools.get(name)
             doc[name] = {
                 "requests": st.requests, "retries": st.retries, "overflows": st.overflows,
                 "budget_exhausted": st.budget_exhausted,
@@ -61,6 +81,7 @@ class HttpContext:
                 "active_requests": st.active_requests, "active_retries": st.active_retries,
                 "connections": st.breaker.connections, "pending": st.breaker.pending,
                 "idle_connections": pool.idle_count(),
+                "h2_connections": h2.connection_count() if h2 is not None else 0,
             }
         return doc
 

@@ -4,7 +4,8 @@ A pure function of the bytes seen so far, tested on every prefix of real capture
 linkerd2-proxy's ``http/detect``). It answers ``Http1`` once a whole request line
 ``METHOD SP target SP HTTP/1.x CRLF`` is there, ``Opaque`` as soon as the bytes can no longer
 become one (or ``DETECT_LIMIT`` bytes went by without a line end), and ``NeedMore`` otherwise.
-``PRI * HTTP/2.0`` (the HTTP/2 preface) is opaque for now: the version is not 1.x.
+The HTTP/2 connection preface (prior knowledge, h2c) answers ``Http2``; until 24 bytes are
+there a prefix of it needs more.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ class Http1:
 
 
 @dataclass(frozen=True, slots=True)
+class Http2:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
 class Opaque:
     reason: str
 
@@ -33,13 +39,18 @@ class NeedMore:
     pass
 
 
-Detected = Http1 | Opaque | NeedMore
+Detected = Http1 | Http2 | Opaque | NeedMore
 NEED_MORE: Final = NeedMore()
+HTTP2: Final = Http2()
+H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_SETTINGS_FRAME: Final = 0x4
 
 
 def detect(data: bytes) -> Detected:
     """Classify the first bytes of a connection (everything the client sent so far)."""
     n = len(data)
+    if data[:24] == H2_PREFACE[:n]:
+        return NEED_MORE if n < len(H2_PREFACE) else HTTP2
     i = 0
     while i < n and data[i] in _TCHAR:
         i += 1
@@ -76,3 +87,16 @@ def detect(data: bytes) -> Detected:
 
 def _more(n: int) -> Detected:
     return NEED_MORE if n < DETECT_LIMIT else Opaque("no request line within the detection limit")
+
+
+def is_h2_server_hello(data: bytes) -> bool:
+    """Whether an upstream's first bytes are an HTTP/2 SETTINGS frame on stream 0 (or a prefix of
+    its 9-byte header). An h2 server sends its SETTINGS at once, before the client's preface: that
+    is not a server-first protocol speaking, so it must not make the connection opaque."""
+    head = data[:9]
+    if len(head) >= 4 and head[3] != _SETTINGS_FRAME:
+        return False
+    if len(head) >= 9 and (head[4] & ~0x1 or int.from_bytes(head[5:9], "big") & 0x7FFFFFFF):
+        return False  # flags other than ACK, or a stream id
+    # A SETTINGS payload is a whole number of 6-byte settings.
+    return len(head) < 3 or int.from_bytes(head[0:3], "big") % 6 == 0

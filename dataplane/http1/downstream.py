@@ -31,6 +31,8 @@ from meshns.dataplane.http1.head import ParseError, RequestHead, local_response
 from meshns.dataplane.http1.parser import RequestParser
 from meshns.dataplane.http1.pipe import Pipe
 from meshns.dataplane.http1.upstream import ConnectFailed, ServicePool, UpstreamConn
+from meshns.dataplane.http2.outbound import OutboundTarget
+from meshns.dataplane.http2.server import Downstream
 from meshns.dataplane.metrics import TcpObs
 from meshns.dataplane.observe import NULL_TCP, peername_of
 from meshns.dataplane.policy.state import choose_endpoint
@@ -243,6 +245,24 @@ class ServiceConnection(ClientConnection):
         elif self.eager_task is None and not self.start_eager():
             self.transport.close()
 
+    def go_h2(self) -> None:
+        """HTTP/2 prior knowledge: the connection becomes an HTTP/2 endpoint whose streams are
+        routed one by one (http2.outbound); the eager connection is not needed."""
+        self.http = True  # no more detection here; this object only forgets the connection
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.eager_task is not None:
+            self.eager_task.cancel()
+            self.eager_task = None
+        self.drop_eager()
+        self.lost = True  # whatever still calls back into this object is ignored
+        self.done()
+        target = OutboundTarget(self.hctx, self.service, self.dst, self.peers)
+        data, self.buf = self.buf, b""
+        self.hctx.stats.h2_connections += 1
+        Downstream(self.hctx, target.make_stream, self.service.name).take_over(self.transport, data)
+
     def start_eager(self) -> bool:
         hctx = self.hctx
         attempts = self.service.routes[-1].retries.attempts if self.service.routes else 0
@@ -306,7 +326,7 @@ class ServiceConnection(ClientConnection):
             self.eager = conn  # a first try is waiting for it, or will claim it
         elif self.pipe is None:
             self.eager = conn
-            if self.opaque or self.up_first:
+            if self.opaque or self.upstream_decides():
                 self.start_pipe(conn, [self.buf] if self.buf else [], self.up_first)
 
     # UpstreamUser, while detecting: the upstream spoke first
@@ -319,7 +339,7 @@ class ServiceConnection(ClientConnection):
                 self.pool.close(conn, abort=True)
             return
         self.up_first.append(data)
-        if self.eager is conn:
+        if self.eager is conn and self.upstream_decides():
             self.go_opaque()
         # else: the connect task has not resumed yet; it sees up_first and pipes
 

@@ -61,6 +61,7 @@ class Discard(Exception):
 
 
 class Exchange:
+    request_protocol = "http"  # Istio's request_protocol label (gRPC comes over HTTP/2 only)
     hctx: HttpContext
     down: Downstream
     head: RequestHead
@@ -90,6 +91,11 @@ class Exchange:
         # Bytes for the client produced while parsing one upstream read, written with one
         # writelines after it: head and body of a small response leave in one syscall.
         self.out: list[bytes] = []
+
+    def request_line(self) -> tuple[str, str, str, str]:
+        head = self.head
+        return (head.method.decode("latin-1"), head.target.decode("latin-1"),
+                head.host.decode("latin-1") if head.host is not None else "", f"HTTP/1.{head.minor}")
 
     # request body, from the client
 

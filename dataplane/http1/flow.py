@@ -47,11 +47,10 @@ from meshns.dataplane.http1.head import ResponseHead, local_response, serialize_
 from meshns.dataplane.http1.upstream import ConnectFailed, PoolOverflow, ServicePool, UpstreamConn
 from meshns.dataplane.labels import UNKNOWN
 from meshns.dataplane.policy import flags
+from meshns.dataplane.policy.attempts import Attempts
 from meshns.dataplane.policy.fault import decide_fault
-from meshns.dataplane.policy.outlier import is_failure
-from meshns.dataplane.policy.retry import Outcome, backoff_s, request_replayable, should_retry
+from meshns.dataplane.policy.retry import Outcome
 from meshns.dataplane.policy.route import match_route, pick_weighted
-from meshns.dataplane.policy.state import choose_endpoint
 from meshns.dataplane.tracing import rewrite_trace
 from meshns.snapshot import HttpRoute, Service
 
@@ -78,13 +77,14 @@ def _headers_map(head: RequestHead) -> dict[str, str]:
     return {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in head.headers}
 
 
-class RequestFlow(Exchange):
+class RequestFlow(Attempts, Exchange):
     down: ServiceConnection
     pool: ServicePool
 
     def __init__(self, down: ServiceConnection, head: RequestHead) -> None:
         self.down = down
         self.hctx: HttpContext = down.hctx
+        self.rand = self.hctx.rand
         self.head = head
         self._init_exchange()
         # What the observer reads when the request ends (observe.HttpRecord).
@@ -159,43 +159,11 @@ class RequestFlow(Exchange):
         if deadline is not None and self.committed and not self.finished:
             self.deadline_handle = loop.call_at(deadline, self.late_timeout)
 
-    async def tries_loop(self, route: HttpRoute, subset: str | None) -> None:
-        service, state, rand = self.service, self.state, self.hctx.rand
-        loop = asyncio.get_running_loop()
-        port = service.target_port(self.down.dst[1])
-        tried: set[str] = set()
-        last: Outcome | None = None
-        while True:
-            prefer = self.down.eager_ip() if not tried else None
-            ep = choose_endpoint(service, state, subset, tried, loop.time(), rand, prefer)
-            if ep is None or port is None:
-                self.fail(last, flags.UH)
-                return
-            self.tries += 1
-            tried.add(ep.ip)
-            state.try_started(ep.ip)
-            self.try_ip = ep.ip
-            self.endpoint_pod = ep.pod
-            self.upstream_host = f"{ep.ip}:{port}"
-            try:
-                outcome = await self.one_try((ep.ip, port), route)
-            except PoolOverflow:
-                self.end_try()
-                state.overflows += 1
-                self.local_reply(503, flags.UO)
-                return
-            if outcome is None:
-                return  # committed: the response streams in callbacks; the try ends with it
-            self.end_try()
-            last = outcome
-            if outcome.kind != "status":  # statuses were recorded and decided in the head callback
-                self.record(ep.ip, outcome)
-                if outcome.kind == "timeout":
-                    state.timeouts += 1
-                if not self.decide_retry(outcome):
-                    self.fail(outcome, "")
-                    return
-            await asyncio.sleep(backoff_s(self.tries, rand()))
+    def dst_port(self) -> int:
+        return self.down.dst[1]
+
+    def prefer_ip(self) -> str | None:
+        return self.down.eager_ip()
 
     async def one_try(self, key: tuple[str, int], route: HttpRoute) -> Outcome | None:
         try:
@@ -203,6 +171,11 @@ class RequestFlow(Exchange):
         except ConnectFailed as exc:
             log.info("connect failed to %s:%d: %s", key[0], key[1], exc)
             return Outcome.connect_failure()
+        except PoolOverflow:
+            self.end_try()
+            self.state.overflows += 1
+            self.local_reply(503, flags.UO)
+            return None
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Outcome | None] = loop.create_future()
         self.try_future = fut
@@ -225,57 +198,11 @@ class RequestFlow(Exchange):
             self.detach(abort=True)
             fut.set_result(Outcome.timeout())
 
-    def decide_retry(self, outcome: Outcome) -> bool:
-        """Whether to try again; a yes holds a place in the retry budget until the retry ends
-        (from the decision, through the backoff, to the retry's response head or failure)."""
-        self.release_retry()
-        if not self.retry_wanted(outcome):
-            return False
-        self.retrying = True
-        self.state.active_retries += 1
-        self.state.retries += 1
-        return True
+    def local_failure(self, status: int, flag: str) -> None:
+        self.local_reply(status, flag)
 
-    def release_retry(self) -> None:
-        if self.retrying:
-            self.retrying = False
-            self.state.active_retries -= 1
-
-    def retry_wanted(self, outcome: Outcome) -> bool:
-        route, state = self.route, self.state
-        assert route is not None
-        kept = self.replay_size if self.replay is not None else None
-        replayable = request_replayable(self.head.method.decode("latin-1"), kept)
-        if not should_retry(route.retries, outcome, self.tries, replayable, self.committed, True):
-            return False
-        if not state.budget_ok():
-            state.budget_exhausted += 1  # a retry was due but the budget said no: a storm averted
-            return False
-        return True
-
-    def record(self, ip: str, outcome: Outcome) -> None:
-        st = self.state
-        if st.outlier.record(ip, is_failure(outcome), asyncio.get_running_loop().time(),
-                             len(self.service.endpoints)):
-            st.ejections += 1
-            log.info("ejected %s from %s", ip, self.service.name)
-
-    def end_try(self) -> None:
-        if self.try_ip is not None:
-            self.state.try_ended(self.try_ip)
-            self.try_ip = None
-
-    def fail(self, last: Outcome | None, default_flag: str) -> None:
-        if last is None:
-            self.local_reply(503, default_flag or flags.UH)
-        elif last.kind == "timeout":
-            self.local_reply(504, flags.UT)  # as Envoy: the last try timed out, whatever came before
-        elif self.tries > 1:
-            self.local_reply(503, flags.URX)
-        elif last.kind == "reset":
-            self.local_reply(503, flags.UC)
-        else:
-            self.local_reply(503, flags.UF)
+    def method_name(self) -> str:
+        return self.head.method.decode("latin-1")
 
     # the response head, from the upstream
 

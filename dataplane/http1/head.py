@@ -119,7 +119,11 @@ def request_head(method: bytes, target: bytes, minor: int, headers: Headers) -> 
     if minor == 1 and host is None:
         raise ParseError(400, "HTTP/1.1 request without Host")
     keep_alive = b"close" not in tokens and (minor == 1 or b"keep-alive" in tokens)
-    upgrade = b"upgrade" in tokens and any(n.lower() == b"upgrade" for n, _ in headers)
+    # An upgrade to h2c is refused the way Envoy refuses it: Upgrade and HTTP2-Settings are
+    # dropped and the request goes on as HTTP/1.1, so the server answers in HTTP/1.1. (Clients
+    # wanting HTTP/2 in cleartext use prior knowledge, which the sidecar serves per stream.)
+    upgrade = b"upgrade" in tokens and any(n.lower() == b"upgrade" and v.strip().lower() != b"h2c"
+                                           for n, v in headers)
     return RequestHead(method, target, minor, headers, cl, chunked, keep_alive, upgrade,
                        expect == b"100-continue", tokens, host)
 

@@ -35,9 +35,13 @@ from meshns.dataplane.http1.inbound_exchange import InboundExchange
 from meshns.dataplane.http1.parser import RequestParser
 from meshns.dataplane.http1.pipe import Pipe
 from meshns.dataplane.http1.upstream import HIGH_WATER, LOW_WATER, UpstreamConn
+from meshns.dataplane.http2.inbound import InboundTarget
+from meshns.dataplane.http2.server import Downstream
 from meshns.dataplane.inbound_authz import deny_tcp
+from meshns.dataplane.labels import Peers
 from meshns.dataplane.metrics import TcpObs
 from meshns.dataplane.observe import NULL_TCP, peername_of
+from meshns.mtls.tls import MESH_ALPN_H2
 
 log = logging.getLogger("meshns.dataplane.http1.inbound")
 
@@ -155,8 +159,25 @@ class InboundConnection(ClientConnection):
         waiting, self.waiting = self.waiting, None
         if waiting is not None:
             waiting.app_ready(conn)
-        elif self.opaque or self.up_first:
+        elif self.opaque or self.upstream_decides():
             self.start_pipe()
+
+    def go_h2(self) -> None:
+        """A plaintext HTTP/2 client (prior knowledge): served per stream by http2.inbound, with
+        HTTP/2 to the app from a pool of its own; the connection dialled for detection goes."""
+        self.http = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.dial_task is not None:
+            self.dial_task.cancel()
+            self.dial_task = None
+        if self.app is not None:
+            self.close(self.app)
+        self.lost = True
+        self.done()
+        start_h2_inbound(self.hctx, self.transport, self.fwd, self.peer_id, self.peers, self.buf)
+        self.buf = b""
 
     def app_unreachable(self) -> None:
         self.dial_failed = True
@@ -206,8 +227,8 @@ class InboundConnection(ClientConnection):
             self.app = None
 
     def up_data(self, conn: UpstreamConn, data: bytes) -> None:
-        self.up_first.append(data)  # the app spoke first: not HTTP
-        if self.app is conn:
+        self.up_first.append(data)  # the app spoke first: not HTTP (unless h2's SETTINGS)
+        if self.app is conn and self.upstream_decides():
             self.go_opaque()
 
     def up_eof(self, conn: UpstreamConn) -> None:
@@ -365,6 +386,21 @@ class InboundConnection(ClientConnection):
 
 
 def take_over_inbound(hctx: HttpContext, transport: asyncio.BaseTransport, fwd: Forward, peer: str = "") -> bool:
-    """The relay's inbound hook: this module owns every forwarded inbound connection."""
-    InboundConnection(hctx, cast(asyncio.Transport, transport), fwd, peer).begin()
+    """The relay's inbound hook: this module owns every forwarded inbound connection. A client
+    sidecar that said HTTP/2 in its ALPN gets the HTTP/2 endpoint at once, without sniffing."""
+    t = cast(asyncio.Transport, transport)
+    ssl_object = t.get_extra_info("ssl_object")
+    if ssl_object is not None and ssl_object.selected_alpn_protocol() == MESH_ALPN_H2:
+        source = peername_of(t)
+        peers = hctx.obs.inbound(source.rpartition(":")[0], fwd.target.ip, fwd.target.port, peer)
+        start_h2_inbound(hctx, t, fwd, peer, peers, b"")
+        return True
+    InboundConnection(hctx, t, fwd, peer).begin()
     return True
+
+
+def start_h2_inbound(hctx: HttpContext, transport: asyncio.Transport, fwd: Forward, peer: str, peers: Peers,
+                     first: bytes) -> None:
+    hctx.stats.h2_connections += 1
+    target = InboundTarget(hctx, fwd, peer, peers)
+    Downstream(hctx, target.make_stream, "inbound").take_over(transport, first)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshns.dataplane.http1.detect import DETECT_LIMIT, Http1, NeedMore, Opaque, detect
+from meshns.dataplane.http1.detect import DETECT_LIMIT, Http1, Http2, NeedMore, Opaque, detect, is_h2_server_hello
 
 HTTP_CAPTURES = [
     b"GET / HTTP/1.1\r\nHost: reviews:9080\r\n\r\n",
@@ -23,7 +23,7 @@ OPAQUE_CAPTURES = [
     b"EHLO mail.example\r\n",  # a method-like token, then a target, then no HTTP version
     b"*1\r\n$4\r\nPING\r\n",
     b"\x00\x01\x02\x03binary",
-    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",  # almost the HTTP/2 preface
     b"GET / HTTP/1.2\r\n",
     b"GET / HTTP/1.1\n",
     b"GET  / HTTP/1.1\r\n",
@@ -56,6 +56,30 @@ def test_every_prefix_of_non_http(capture: bytes) -> None:
     # once opaque, always opaque: more bytes never turn it back
     first = next(i for i, r in enumerate(results) if isinstance(r, Opaque))
     assert all(isinstance(r, Opaque) for r in results[first:])
+
+
+H2_CAPTURE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00"
+
+
+def test_every_prefix_of_the_h2_preface_needs_more_then_is_http2() -> None:
+    results = [detect(H2_CAPTURE[:n]) for n in range(len(H2_CAPTURE) + 1)]
+    assert all(r == NeedMore() for r in results[:24])
+    assert all(isinstance(r, Http2) for r in results[24:])
+
+
+@pytest.mark.parametrize(("first", "hello"), [
+    (bytes.fromhex("000000040000000000"), True),  # empty SETTINGS
+    (bytes.fromhex("000012040000000000") + bytes(18), True),  # three settings
+    (bytes.fromhex("000012"), True),  # a prefix of one: wait for more
+    (bytes.fromhex("000012040100000000"), True),  # SETTINGS ACK
+    (bytes.fromhex("000011040000000000"), False),  # not a multiple of 6
+    (bytes.fromhex("000012040000000001"), False),  # on a stream
+    (bytes.fromhex("000012010400000001"), False),  # HEADERS
+    (b"220 mail.example ESMTP\r\n", False),  # a server-first banner
+    (b"\x4a\x00\x00\x00\x0a8.0.36", False),  # a MySQL greeting
+])
+def test_h2_server_hello(first: bytes, hello: bool) -> None:
+    assert is_h2_server_hello(first) is hello
 
 
 def test_ehlo_needs_more_until_it_cannot_be_http() -> None:

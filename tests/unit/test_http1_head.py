@@ -37,6 +37,13 @@ def test_upgrade_request_keeps_upgrade() -> None:
         b"Connection: upgrade\r\n\r\n")
 
 
+def test_h2c_upgrade_is_refused_and_the_request_goes_on_as_http11() -> None:
+    head = request_head(b"GET", b"/", 1, [(b"Host", b"h"), (b"Connection", b"Upgrade, HTTP2-Settings"),
+                                          (b"Upgrade", b"h2c"), (b"HTTP2-Settings", b"AAMAAABkAAQAAP__")])
+    assert not head.upgrade
+    assert serialize_request(head, b"x") == b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+
+
 def test_http10_request_gets_host_and_keep_alive_only_if_asked() -> None:
     head = request_head(b"GET", b"/", 0, [])
     assert not head.keep_alive

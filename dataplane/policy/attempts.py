@@ -1,0 +1,143 @@
+"""The bookkeeping of one request's tries, shared by the HTTP/1.1 and HTTP/2 flows.
+
+The decisions themselves are pure (``retry.should_retry``, ``outlier``); this mixin keeps the
+counters they feed on consistent: a retry holds a place in the service's retry budget from the
+decision until the retry's response or failure (``decide_retry`` / ``release_retry``), every
+try's outcome is recorded for outlier detection, the least-request count of the endpoint tried
+is given back (``end_try``), and a request whose tries are exhausted gets the local answer Envoy
+gives (``fail``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from meshns.dataplane.policy import flags
+from meshns.dataplane.policy.outlier import is_failure
+from meshns.dataplane.policy.retry import Outcome, backoff_s, request_replayable, should_retry
+from meshns.dataplane.policy.state import ServiceState, choose_endpoint
+from meshns.snapshot import HttpRoute, Service
+
+log = logging.getLogger("meshns.dataplane.policy")
+
+
+class Attempts:
+    service: Service
+    state: ServiceState
+    route: HttpRoute | None
+    tries: int
+    retrying: bool
+    try_ip: str | None
+    replay: list[bytes] | None
+    replay_size: int
+    committed: bool
+
+    endpoint_pod: str
+    upstream_host: str
+    rand: Callable[[], float]
+
+    def method_name(self) -> str:
+        raise NotImplementedError
+
+    def dst_port(self) -> int:
+        """The service port the client dialled (mapped to the endpoints' target port)."""
+        raise NotImplementedError
+
+    def prefer_ip(self) -> str | None:
+        """An endpoint the first try should prefer (a connection already dialled there)."""
+        return None
+
+    async def one_try(self, key: tuple[str, int], route: HttpRoute) -> Outcome | None:
+        """One try on ``key``: its outcome, or None once the response is committed (or the
+        request was answered otherwise)."""
+        raise NotImplementedError
+
+    async def tries_loop(self, route: HttpRoute, subset: str | None) -> None:
+        service, state, rand = self.service, self.state, self.rand
+        loop = asyncio.get_running_loop()
+        port = service.target_port(self.dst_port())
+        tried: set[str] = set()
+        last: Outcome | None = None
+        while True:
+            prefer = self.prefer_ip() if not tried else None
+            ep = choose_endpoint(service, state, subset, tried, loop.time(), rand, prefer)
+            if ep is None or port is None:
+                self.fail(last, flags.UH)
+                return
+            self.tries += 1
+            tried.add(ep.ip)
+            state.try_started(ep.ip)
+            self.try_ip = ep.ip
+            self.endpoint_pod = ep.pod
+            self.upstream_host = f"{ep.ip}:{port}"
+            outcome = await self.one_try((ep.ip, port), route)
+            if outcome is None:
+                return  # committed: the response streams in callbacks; the try ends with it
+            self.end_try()
+            last = outcome
+            if outcome.kind != "status":  # statuses were recorded and decided in the head callback
+                self.record(ep.ip, outcome)
+                if outcome.kind == "timeout":
+                    state.timeouts += 1
+                if not self.decide_retry(outcome):
+                    self.fail(outcome, "")
+                    return
+            await asyncio.sleep(backoff_s(self.tries, rand()))
+
+    def local_failure(self, status: int, flag: str) -> None:
+        """Answer the client with ``status`` and ``flag`` (each protocol's own local reply)."""
+        raise NotImplementedError
+
+    def decide_retry(self, outcome: Outcome) -> bool:
+        """Whether to try again; a yes holds a place in the retry budget until the retry ends
+        (from the decision, through the backoff, to the retry's response head or failure)."""
+        self.release_retry()
+        if not self.retry_wanted(outcome):
+            return False
+        self.retrying = True
+        self.state.active_retries += 1
+        self.state.retries += 1
+        return True
+
+    def release_retry(self) -> None:
+        if self.retrying:
+            self.retrying = False
+            self.state.active_retries -= 1
+
+    def retry_wanted(self, outcome: Outcome) -> bool:
+        route, state = self.route, self.state
+        assert route is not None
+        kept = self.replay_size if self.replay is not None else None
+        replayable = request_replayable(self.method_name(), kept)
+        if not should_retry(route.retries, outcome, self.tries, replayable, self.committed, True):
+            return False
+        if not state.budget_ok():
+            state.budget_exhausted += 1  # a retry was due but the budget said no: a storm averted
+            return False
+        return True
+
+    def record(self, ip: str, outcome: Outcome) -> None:
+        st = self.state
+        if st.outlier.record(ip, is_failure(outcome), asyncio.get_running_loop().time(),
+                             len(self.service.endpoints)):
+            st.ejections += 1
+            log.info("ejected %s from %s", ip, self.service.name)
+
+    def end_try(self) -> None:
+        if self.try_ip is not None:
+            self.state.try_ended(self.try_ip)
+            self.try_ip = None
+
+    def fail(self, last: Outcome | None, default_flag: str) -> None:
+        if last is None:
+            self.local_failure(503, default_flag or flags.UH)
+        elif last.kind == "timeout":
+            self.local_failure(504, flags.UT)  # as Envoy: the last try timed out, whatever came before
+        elif self.tries > 1:
+            self.local_failure(503, flags.URX)
+        elif last.kind == "reset":
+            self.local_failure(503, flags.UC)
+        else:
+            self.local_failure(503, flags.UF)
