@@ -18,6 +18,7 @@ packages=(
 )
 if [ "${1:-}" = "--test" ]; then
   packages+=(tcpdump vagrant prometheus)   # prometheus: the tests scrape sidecars with a real one
+  packages+=(nghttp2-client nghttp2-server)  # h2load, nghttp, nghttpd: HTTP/2 (h2c) load and servers
 fi
 
 missing=()

@@ -41,6 +41,7 @@ STREAM_WINDOW: Final = 256 * 1024
 MAX_CONCURRENT_STREAMS: Final = 100
 CONN_WINDOW: Final = STREAM_WINDOW * MAX_CONCURRENT_STREAMS
 MAX_HEADER_LIST_SIZE: Final = 64 * 1024
+CLOSE_DRAIN_S: Final = 1.0
 HIGH_WATER: Final = 512 * 1024
 LOW_WATER: Final = 128 * 1024
 
@@ -153,12 +154,27 @@ class H2Conn(asyncio.Protocol):
         self.shut()
 
     def shut(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.transport.close()
+        """Close after the last frame (a GOAWAY) is out. As Envoy's delayed close: the write side
+        ends first and what the peer still sends is read and dropped for ``CLOSE_DRAIN_S``,
+        because closing a socket with unread bytes sends a RST that can destroy the GOAWAY
+        before the peer reads it (a flooding peer always has bytes in flight)."""
+        if self.closed:
+            return
+        self.closed = True  # data_received drops everything from now on
+        t = self.transport
+        if t.is_closing():
+            return
+        if not t.can_write_eof():
+            t.close()
+            return
+        t.write_eof()
+        if self.reading_paused:
+            self.reading_paused = False
+            t.resume_reading()
+        asyncio.get_running_loop().call_later(CLOSE_DRAIN_S, t.close)
 
     def pause_writing(self) -> None:
-        if not self.reading_paused:
+        if not self.reading_paused and not self.closed:
             self.reading_paused = True
             self.transport.pause_reading()
 
