@@ -176,3 +176,28 @@ async def test_rapid_reset_gets_goaway_while_another_client_is_served() -> None:
         r = await asyncio.wait_for(good.get("/y"), 5)  # the other client is served as before
         assert r.headers[b":status"] == b"200" and bytes(r.body) == b"127.0.0.2"
         good.close()
+
+
+@uvloop_test
+async def test_header_routes_splits_and_faults_apply_per_stream() -> None:
+    from meshns.snapshot import FaultPolicy, HeaderMatch, RouteMatch, StringMatch, Subset, WeightedDestination
+    subsets = (Subset("v1", (("version", "v1"),)), Subset("v2", (("version", "v2"),)),
+               Subset("v3", (("version", "v3"),)))
+    jason = HttpRoute(name="jason", matches=(RouteMatch(headers=(HeaderMatch("end-user", StringMatch("exact", "jason")),)),),
+                      destinations=(WeightedDestination("v3"),))
+    broken = HttpRoute(name="broken", matches=(RouteMatch(uri=StringMatch("prefix", "/pkg.Broken/")),),
+                       fault=FaultPolicy(abort_status=503, abort_percent=100))
+    split = HttpRoute(name="split", destinations=(WeightedDestination("v1", 80), WeightedDestination("v2", 20)))
+    svc = service(1, subsets=subsets, routes=(jason, broken, split))
+    async with h2_backends() as (port, bes), sidecar(service(port, subsets=subsets, routes=svc.routes)) as side:
+        client = await client_for(side)
+        jasons = await asyncio.gather(*(client.get("/", [(b"end-user", b"jason")]) for _ in range(5)))
+        assert {bytes(r.body) for r in jasons} == {b"127.0.0.4"}
+        hits = collections.Counter()
+        for _ in range(5):  # 80 streams at a time: within the sidecar's 100 concurrent streams
+            hits.update(bytes(r.body) for r in await asyncio.gather(*(client.get("/") for _ in range(80))))
+        assert hits[b"127.0.0.4"] == 0 and 280 <= hits[b"127.0.0.2"] <= 360, hits
+        faulted = await client.get("/pkg.Broken/Call", GRPC, body=b"\x00\x00\x00\x00\x00")
+        assert faulted.headers[b"grpc-status"] == b"14" and faulted.headers[b"x-meshns-response-flags"] == b"FI"
+        assert sum(b.requests for b in bes) == 405  # the faulted call reached no backend
+        client.close()
