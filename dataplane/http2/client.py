@@ -144,7 +144,7 @@ class Upstream(H2Conn):
         users, self.users = self.users, {}
         for user in users.values():
             user.up_reset(CANCEL, False)
-        self.outboxes.clear()
+        self.drop_all_outboxes()
         self.pool.conn_lost(self)
 
 

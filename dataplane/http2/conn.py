@@ -254,6 +254,12 @@ class H2Conn(asyncio.Protocol):
             if ack is not None and fc_len:
                 ack(fc_len)
 
+    def drop_all_outboxes(self) -> None:
+        """The connection is gone: what it still had to send is acknowledged to the other side,
+        whose connection (shared by other streams) would otherwise lose that much window for good."""
+        for sid in list(self.outboxes):
+            self.drop_outbox(sid)
+
     def reset(self, sid: int, code: int) -> None:
         self.drop_outbox(sid)
         try:

@@ -175,7 +175,7 @@ class Downstream(H2Conn):
             if not st.finished:
                 st.downstream_reset(CANCEL)
         self.streams.clear()
-        self.outboxes.clear()
+        self.drop_all_outboxes()
         if self in self.hctx.live:
             self.hctx.live.discard(self)
             self.hctx.stats.active -= 1

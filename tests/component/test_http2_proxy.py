@@ -201,3 +201,22 @@ async def test_header_routes_splits_and_faults_apply_per_stream() -> None:
         assert faulted.headers[b"grpc-status"] == b"14" and faulted.headers[b"x-meshns-response-flags"] == b"FI"
         assert sum(b.requests for b in bes) == 405  # the faulted call reached no backend
         client.close()
+
+
+@uvloop_test
+async def test_clients_leaving_mid_response_do_not_use_up_the_shared_upstream_window() -> None:
+    # Each client stops reading a 4 MiB response, then disconnects. What the sidecar held for it
+    # must be given back to the (shared, long-lived) upstream connection, or after about a
+    # hundred such clients that connection's window is gone and every later response stalls.
+    async with h2_backends(big_then_small, n=1) as (port, bes), sidecar(service(port, n=1)) as side:
+        for _ in range(110):
+            client = await client_for(side)
+            _, big = client.request("/big", ack=False)
+            while len(big.body) < 60_000:
+                await asyncio.sleep(0.005)
+            client.transport.abort()
+        client = await client_for(side)
+        r = await asyncio.wait_for(client.get("/small"), 5)
+        assert len(r.body) == 1000
+        assert bes[0].connections == 1  # all of it over the one upstream connection
+        client.close()

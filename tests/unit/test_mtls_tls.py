@@ -16,6 +16,7 @@ from meshns.mtls.ca import CertAuthority, key_pem, new_key
 from meshns.mtls.identity import SpiffeId
 from meshns.mtls.tls import (
     MESH_ALPN,
+    MESH_ALPN_H2,
     PeerRejected,
     WorkloadTls,
     client_context,
@@ -115,6 +116,17 @@ def test_mutual_tls_both_sides_see_the_peer_spiffe_id(ca: CertAuthority) -> None
     assert peer_identity(hs.client.getpeercert()) == DB.uri
     assert peer_identity(hs.server.getpeercert()) == WEB.uri
     assert verify_peer(hs.client.getpeercert(), expected=DB.uri) == DB.uri
+
+
+def test_alpn_carries_http2_between_sidecars(ca: CertAuthority) -> None:
+    web, db = workload(ca, WEB), workload(ca, DB)
+    hs = handshake(client_context(web, h2=True), server_context(db))
+    assert hs.ok and hs.client.selected_alpn_protocol() == hs.server.selected_alpn_protocol() == MESH_ALPN_H2
+    # A server that knows only "meshns" still agrees with an HTTP/2 client (which then sniffs).
+    old_server = server_context(db)
+    old_server.set_alpn_protocols([MESH_ALPN])
+    hs = handshake(client_context(web, h2=True), old_server)
+    assert hs.ok and hs.server.selected_alpn_protocol() == MESH_ALPN
 
 
 def test_certificates_pass_openssl_strict_mode(ca: CertAuthority) -> None:
