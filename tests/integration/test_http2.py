@@ -197,6 +197,27 @@ def test_h2load_against_h2c_servers(mesh: Mesh, tmp_path: Path) -> None:
     assert all(n > 1_000_000 for n in sent.values()), show(sent)
 
 
+def test_http1_and_http2_clients_reach_the_same_service(mesh: Mesh) -> None:
+    # dual.py speaks HTTP/1.1 and HTTP/2 (prior knowledge) on one port: each client is served in
+    # its own protocol, HTTP/2 requests of one connection are spread over both endpoints, and an
+    # HTTP/1.1 request asking to upgrade to h2c is served as HTTP/1.1 with the Upgrade dropped.
+    for pod in ("d1", "d2"):
+        mesh.run("create", pod, "--service", "dual:8080", "--", PY, str(APPS / "dual.py"), "--port", "8080",
+                 "--name", pod)
+    mesh.run("create", "client")
+    h1 = mesh.exec("client", "curl", "-sS", "--http1.1", "http://dual:8080/").stdout.split()
+    assert h1[1:] == ["HTTP/1.1", "upgrade=-"], h1
+    h2one = mesh.exec("client", "curl", "-sS", "--http2-prior-knowledge", "http://dual:8080/").stdout.split()
+    assert h2one[1:] == ["HTTP/2", "upgrade=-"], h2one
+    # nghttp sends all its URLs on one connection (curl 7.88 cannot reuse a prior-knowledge one)
+    urls = [f"http://dual:8080/{i}" for i in range(20)]
+    h2 = mesh.exec("client", "nghttp", *urls).stdout.splitlines()
+    assert len(h2) == 20 and all(line.split()[1:] == ["HTTP/2", "upgrade=-"] for line in h2), h2
+    assert {line.split()[0] for line in h2} == {"d1", "d2"}, h2
+    upgraded = mesh.exec("client", "curl", "-sS", "--http2", "-w", " %{http_version}", "http://dual:8080/").stdout.split()
+    assert upgraded[1:] == ["HTTP/1.1", "upgrade=-", "1.1"], upgraded  # h2c refused cleanly
+
+
 # ---------------------------------------------------------------- abuse
 
 
