@@ -3,6 +3,7 @@
 # the system packages, then the Python environment in .venv with meshns installed into it,
 # and /usr/local/bin/meshns pointing at it. Safe to run again; it only adds what is missing.
 #   --test   also the packages the test suite uses (vagrant for `vagrant validate`).
+#   --bench  also what scripts/bench.sh drives: wrk, h2load, nginx and HAProxy (the baseline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then
@@ -20,6 +21,10 @@ if [ "${1:-}" = "--test" ]; then
   packages+=(tcpdump vagrant prometheus)   # prometheus: the tests scrape sidecars with a real one
   packages+=(nghttp2-client nghttp2-server)  # h2load, nghttp, nghttpd: HTTP/2 (h2c) load and servers
 fi
+if [ "${1:-}" = "--bench" ]; then
+  # wrk: closed-loop max rate; h2load: fixed-rate latency; nginx: the app; haproxy: the baseline.
+  packages+=(wrk nghttp2-client nginx-light haproxy)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -34,6 +39,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
     systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
+  # Likewise the packaged nginx and haproxy services: the benchmark starts its own, in namespaces.
+  for svc in nginx haproxy; do
+    if [[ " ${missing[*]} " == *" $svc"* ]] && command -v systemctl >/dev/null 2>&1; then
+      systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 # Debian's python3, not whatever python3 comes first on PATH: the same interpreter everywhere.
