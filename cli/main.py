@@ -58,7 +58,7 @@ def cli(ctx: click.Context, state_dir: str | None, bridge: str | None, pod_cidr:
               help="Pod label, e.g. version=v2 (DestinationRule subsets select on them). Repeatable.")
 @click.option("--http-parser", type=click.Choice(["auto", "httptools", "h11"]), default="auto", show_default=True,
               help="The sidecar's HTTP/1 parser: httptools (llhttp) is the fast path, h11 the reference.")
-@click.option("--drain-timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.0),
+@click.option("--drain-timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
               help="On delete, seconds the sidecar lets in-flight requests finish (after the app stopped).")
 @click.option("--namespace", "namespace", default="default", show_default=True,
               help="Namespace of the pod's identity (spiffe://<trust-domain>/ns/NAMESPACE/sa/<account>).")
