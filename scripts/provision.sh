@@ -20,6 +20,7 @@ packages=(
 if [ "${1:-}" = "--test" ]; then
   packages+=(tcpdump vagrant prometheus)   # prometheus: the tests scrape sidecars with a real one
   packages+=(nghttp2-client nghttp2-server)  # h2load, nghttp, nghttpd: HTTP/2 (h2c) load and servers
+  packages+=(wrk nginx-light haproxy)         # the benchmark's smoke run (scripts/bench.sh --quick)
 fi
 if [ "${1:-}" = "--bench" ]; then
   # wrk: closed-loop max rate; h2load: fixed-rate latency; nginx: the app; haproxy: the baseline.

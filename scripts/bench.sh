@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Benchmark: direct vs meshns vs HAProxy on this machine, in namespaces of its own.
+#   sudo scripts/bench.sh [--quick] [--out DIR]
+# --quick: one short round (CI smoke, under a minute). Default output: bench-results/
+# (bench.json, bench.png, bench.txt). Exit 0 whether or not meshns meets the targets; non-zero
+# only when the benchmark itself failed (130 when interrupted).
+# The work is in scripts/bench/ (Python); this wrapper checks root, installs what is missing
+# and, whatever happens to the Python process, removes anything of the benchmark left behind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+  echo "bench.sh: run as root (sudo $0)" >&2
+  exit 1
+fi
+
+# Provision only when something is missing: provision.sh reinstalls meshns into the venv,
+# which costs seconds a --quick run cannot spare.
+need_provision=0
+for tool in wrk h2load nginx haproxy curl openssl iptables-legacy-restore; do
+  command -v "$tool" >/dev/null 2>&1 || need_provision=1
+done
+[ -x .venv/bin/meshns ] || need_provision=1
+if [ "$need_provision" = 1 ]; then
+  scripts/provision.sh --bench
+fi
+# The chart is drawn with matplotlib in the project's venv (not a meshns dependency).
+if ! .venv/bin/python -c 'import matplotlib' >/dev/null 2>&1; then
+  echo "bench: installing matplotlib into .venv"
+  .venv/bin/python -m pip install -q --disable-pip-version-check matplotlib
+fi
+
+# Safety net: the Python side cleans up on every exit it sees (errors, Ctrl-C, SIGTERM); this
+# covers the one it cannot see (SIGKILL, OOM) by removing whatever carries the benchmark's names.
+cleanup() {
+  PYTHONPATH=scripts .venv/bin/python -m bench.main --cleanup-only || true
+}
+trap cleanup EXIT
+
+# Run in the background and wait, so a signal to this script reaches the benchmark at once (bash
+# runs traps only after a foreground child ends): Ctrl-C, TERM or HUP become a TERM to Python,
+# which stops measuring, cleans up and exits 130.
+set +e
+PYTHONPATH=scripts .venv/bin/python -m bench.main "$@" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null' INT TERM HUP
+while :; do
+  wait "$child"
+  rc=$?
+  kill -0 "$child" 2>/dev/null || break  # wait also returns when a trapped signal arrives
+done
+exit "$rc"

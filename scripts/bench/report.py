@@ -1,0 +1,270 @@
+"""From raw per-round figures to medians, ratios, the issue's bar, a table, JSON and a chart.
+
+Everything but write_chart is pure. Units: MB is 10^6 bytes (RSS and throughput alike), latency
+in milliseconds, CPU in seconds of one core per 1000 requests (equal to vCPU per 1000 req/s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.parse import median
+
+SYSTEMS = ("direct", "meshns", "haproxy")
+# Case kinds, in the order they run within a round.
+KINDS = ("rps", "fixed", "bulk", "bulk_plain")
+KIND_SYSTEMS = {"rps": SYSTEMS, "fixed": SYSTEMS, "bulk": SYSTEMS, "bulk_plain": ("meshns", "haproxy")}
+
+Figures = dict[str, Any]  # one case's figures: numbers, or {proxy label: number}
+
+
+def medians(rounds: Sequence[Mapping[str, Figures]]) -> dict[str, Figures]:
+    """Per case ("kind/system"), the median over rounds of every figure; a figure that is a
+    mapping (one value per proxy process) gets a median per key. None values are skipped."""
+    out: dict[str, Figures] = {}
+    keys = list(dict.fromkeys(k for r in rounds for k in r))
+    for key in keys:
+        cases = [r[key] for r in rounds if key in r]
+        merged: Figures = {}
+        for field in dict.fromkeys(f for c in cases for f in c):
+            values = [c[field] for c in cases if c.get(field) is not None]
+            if values and isinstance(values[0], Mapping):
+                merged[field] = {
+                    label: median(vs) if (vs := [v[label] for v in values if v.get(label) is not None]) else None
+                    for label in dict.fromkeys(lbl for v in values for lbl in v)
+                }
+            elif values and isinstance(values[0], int | float):
+                merged[field] = median([float(v) for v in values])
+            else:
+                merged[field] = values[0] if values else None
+        out[key] = merged
+    return out
+
+
+def _get(med: Mapping[str, Figures], key: str, field: str) -> float | None:
+    value = med.get(key, {}).get(field)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return a - b if a is not None and b is not None else None
+
+
+def ratios(med: Mapping[str, Figures]) -> dict[str, dict[str, float | None]]:
+    """Each proxied system against direct (the physical limit) and meshns against HAProxy."""
+    out: dict[str, dict[str, float | None]] = {}
+    for system in ("meshns", "haproxy"):
+        r: dict[str, float | None] = {
+            "rps_vs_direct": _ratio(_get(med, f"rps/{system}", "rps"), _get(med, "rps/direct", "rps")),
+            "bulk_tls_vs_direct": _ratio(_get(med, f"bulk/{system}", "mb_s"), _get(med, "bulk/direct", "mb_s")),
+            "bulk_plain_vs_direct": _ratio(_get(med, f"bulk_plain/{system}", "mb_s"),
+                                           _get(med, "bulk/direct", "mb_s")),
+        }
+        for q in ("p50", "p90", "p99"):
+            r[f"added_{q}_ms"] = _diff(_get(med, f"fixed/{system}", f"{q}_ms"), _get(med, "fixed/direct", f"{q}_ms"))
+        out[system] = r
+    out["meshns"].update({
+        "rps_vs_haproxy": _ratio(_get(med, "rps/meshns", "rps"), _get(med, "rps/haproxy", "rps")),
+        "bulk_tls_vs_haproxy": _ratio(_get(med, "bulk/meshns", "mb_s"), _get(med, "bulk/haproxy", "mb_s")),
+        "bulk_plain_vs_haproxy": _ratio(_get(med, "bulk_plain/meshns", "mb_s"),
+                                        _get(med, "bulk_plain/haproxy", "mb_s")),
+    })
+    for q in ("p50", "p90", "p99"):
+        out["meshns"][f"{q}_vs_haproxy_ms"] = _diff(_get(med, "fixed/meshns", f"{q}_ms"),
+                                                    _get(med, "fixed/haproxy", f"{q}_ms"))
+    return out
+
+
+@dataclass(frozen=True)
+class Verdict:
+    target: str
+    measured: float | None
+    unit: str
+    met: bool | None  # None: could not be measured
+
+    @property
+    def word(self) -> str:
+        return {True: "met", False: "NOT met", None: "not measured"}[self.met]
+
+
+def _at_least(measured: float | None, floor: float) -> bool | None:
+    return None if measured is None else measured >= floor
+
+
+def _at_most(measured: float | None, ceiling: float) -> bool | None:
+    return None if measured is None else measured <= ceiling
+
+
+def _worst(values: Mapping[str, Any] | None) -> float | None:
+    nums = [float(v) for v in (values or {}).values() if isinstance(v, int | float)]
+    return max(nums) if nums else None
+
+
+def bar(med: Mapping[str, Figures], rat: Mapping[str, Mapping[str, float | None]],
+        rss_peak_mb: Mapping[str, Mapping[str, float]]) -> list[Verdict]:
+    """The issue's targets for the full mesh path, each with the measured figure. CPU and RSS
+    are per sidecar, so the worse of the two sidecars is what is checked."""
+    m = rat["meshns"]
+    cpu = _worst(med.get("fixed/meshns", {}).get("cpu_s_per_1k"))
+    rss = _worst(rss_peak_mb.get("meshns"))
+    return [
+        Verdict("HTTP/1.1 max req/s >= 1.0x HAProxy's", m["rps_vs_haproxy"], "x",
+                _at_least(m["rps_vs_haproxy"], 1.0)),
+        Verdict("added p90 over direct at 1000 req/s <= 0.6 ms", m["added_p90_ms"], "ms",
+                _at_most(m["added_p90_ms"], 0.6)),
+        Verdict("added p99 over direct at 1000 req/s <= 1.5 ms", m["added_p99_ms"], "ms",
+                _at_most(m["added_p99_ms"], 1.5)),
+        Verdict("CPU <= 0.10 vCPU per 1000 req/s per sidecar", cpu, "vCPU", _at_most(cpu, 0.10)),
+        Verdict("RSS <= 40 MB per sidecar", rss, "MB", _at_most(rss, 40.0)),
+        Verdict("L4 bulk without mTLS >= 0.9x direct", m["bulk_plain_vs_direct"], "x",
+                _at_least(m["bulk_plain_vs_direct"], 0.9)),
+        Verdict("L4 bulk with mTLS >= 1.0x HAProxy with TLS", m["bulk_tls_vs_haproxy"], "x",
+                _at_least(m["bulk_tls_vs_haproxy"], 1.0)),
+    ]
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def table(med: Mapping[str, Figures], rat: Mapping[str, Mapping[str, float | None]],
+          rss_peak_mb: Mapping[str, Mapping[str, float]]) -> str:
+    """The terminal report: one column per system, then the ratios."""
+    rows: list[tuple[str, list[str]]] = [
+        ("max req/s (1 KB, 16 conns)", [_fmt(_get(med, f"rps/{s}", "rps"), 0) for s in SYSTEMS]),
+        ("  at 1000 req/s: achieved", [_fmt(_get(med, f"fixed/{s}", "rate"), 0) for s in SYSTEMS]),
+    ]
+    rows += [(f"  latency {q} ms", [_fmt(_get(med, f"fixed/{s}", f"{q}_ms")) for s in SYSTEMS])
+             for q in ("p50", "p90", "p99")]
+    for side in ("client", "server"):
+        cells = []
+        for s in SYSTEMS:
+            per = med.get(f"fixed/{s}", {}).get("cpu_s_per_1k") or {}
+            cells.append(_fmt(next((v for k, v in per.items() if k.startswith(side)), None), 3))
+        rows.append((f"  CPU s/1k req, {side} proxy", cells))
+    for side in ("client", "server"):
+        cells = [_fmt(next((v for k, v in rss_peak_mb.get(s, {}).items() if k.startswith(side)), None), 1)
+                 for s in SYSTEMS]
+        rows.append((f"peak RSS MB, {side} proxy", cells))
+    rows.append(("bulk MB/s (1 MiB), mTLS", [_fmt(_get(med, f"bulk/{s}", "mb_s"), 0) for s in SYSTEMS]))
+    rows.append(("bulk MB/s (1 MiB), plain",
+                 [_fmt(_get(med, "bulk/direct", "mb_s"), 0)]
+                 + [_fmt(_get(med, f"bulk_plain/{s}", "mb_s"), 0) for s in SYSTEMS[1:]]))
+    width = max(len(r[0]) for r in rows) + 2
+    lines = ["".ljust(width) + "".join(s.rjust(11) for s in SYSTEMS)]
+    lines += [label.ljust(width) + "".join(c.rjust(11) for c in cells) for label, cells in rows]
+    lines.append("(direct has no TLS: its bulk figure is the limit for both bulk rows)")
+    m, h = rat["meshns"], rat["haproxy"]
+    lines += ["", "ratios".ljust(width) + "".join(c.rjust(15) for c in ("meshns/direct", "meshns/haproxy",
+                                                                        "haproxy/direct"))]
+    for label, key, hkey in (("max req/s", "rps_vs_direct", "rps_vs_haproxy"),
+                             ("bulk mTLS", "bulk_tls_vs_direct", "bulk_tls_vs_haproxy"),
+                             ("bulk plain", "bulk_plain_vs_direct", "bulk_plain_vs_haproxy")):
+        lines.append(label.ljust(width) + "".join(_fmt(v).rjust(15) for v in (m[key], m[hkey], h[key])))
+    lines.append("added latency ms".ljust(width) + "".join(c.rjust(15) for c in ("meshns-direct", "meshns-haproxy",
+                                                                                "haproxy-direct")))
+    for q in ("p50", "p90", "p99"):
+        lines.append(f"  {q}".ljust(width) + "".join(
+            _fmt(v).rjust(15) for v in (m[f"added_{q}_ms"], m[f"{q}_vs_haproxy_ms"], h[f"added_{q}_ms"])))
+    return "\n".join(lines)
+
+
+def bar_text(verdicts: Sequence[Verdict]) -> str:
+    lines = ["bar (issue 7 targets, full mesh path):"]
+    for v in verdicts:
+        figure = "-" if v.measured is None else f"{v.measured:.3f} {v.unit}"
+        lines.append(f"  {v.word:<12} {v.target:<50} measured {figure}")
+    return "\n".join(lines)
+
+
+def document(*, machine: Mapping[str, object], settings: Mapping[str, object],
+             rounds: Sequence[Mapping[str, Figures]], med: Mapping[str, Figures],
+             rat: Mapping[str, Mapping[str, float | None]], rss_peak_mb: Mapping[str, Mapping[str, float]],
+             verdicts: Sequence[Verdict], notes: Sequence[str]) -> dict[str, Any]:
+    """bench.json: enough to redo every number in the table from the raw figures."""
+    return {
+        "machine": dict(machine),
+        "settings": dict(settings),
+        "units": {"rps": "requests/s", "latency": "ms", "cpu_s_per_1k": "CPU seconds per 1000 requests "
+                  "(= vCPU per 1000 req/s)", "rss": "MB (10^6 bytes), VmHWM", "mb_s": "MB/s (10^6 bytes) of "
+                  "response bodies"},
+        "rounds": [dict(r) for r in rounds],
+        "median": dict(med),
+        "rss_peak_mb": {k: dict(v) for k, v in rss_peak_mb.items()},
+        "ratios": {k: dict(v) for k, v in rat.items()},
+        "bar": [asdict(v) | {"verdict": v.word} for v in verdicts],
+        "notes": list(notes),
+    }
+
+
+def write_chart(path: Path, med: Mapping[str, Figures], rss_peak_mb: Mapping[str, Mapping[str, float]]) -> None:
+    """bench.png: four bar charts (max rate, latency, CPU and RSS per proxy, bulk)."""
+    # Imported here: only the chart needs matplotlib (the pure parts and their tests do not), and
+    # the Agg backend (no display) must be chosen before pyplot is imported.
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    colors = {"direct": "#7f7f7f", "meshns": "#1f77b4", "haproxy": "#ff7f0e"}
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    ax = axes[0][0]
+    values = [_get(med, f"rps/{s}", "rps") or 0 for s in SYSTEMS]
+    ax.bar(SYSTEMS, values, color=[colors[s] for s in SYSTEMS])
+    ax.set_title("max requests/s (1 KB, wrk -c16, closed loop)")
+    for i, v in enumerate(values):
+        ax.annotate(f"{v:,.0f}", (i, v), ha="center", va="bottom", fontsize=8)
+
+    ax = axes[0][1]
+    width = 0.25
+    for i, s in enumerate(SYSTEMS):
+        qs = [_get(med, f"fixed/{s}", f"{q}_ms") or 0 for q in ("p50", "p90", "p99")]
+        ax.bar([x + (i - 1) * width for x in range(3)], qs, width, label=s, color=colors[s])
+    ax.set_xticks(range(3), ["p50", "p90", "p99"])
+    ax.set_ylabel("ms")
+    ax.set_title("latency at 1000 req/s over 16 connections (h2load)")
+    ax.legend()
+
+    ax = axes[1][0]
+    labels, cpu, rss, cols = [], [], [], []
+    for s in ("meshns", "haproxy"):
+        per = med.get(f"fixed/{s}", {}).get("cpu_s_per_1k") or {}
+        for label, value in per.items():
+            labels.append(f"{s}\n{label}")
+            cpu.append(value or 0)
+            rss.append(rss_peak_mb.get(s, {}).get(label, 0))
+            cols.append(colors[s])
+    ax.bar(range(len(labels)), cpu, color=cols)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylabel("CPU s per 1000 requests")
+    ax.axhline(0.10, color="red", linestyle="--", linewidth=1, label="target 0.10")
+    ax.set_title("CPU per proxy process at 1000 req/s (peak RSS MB above)")
+    for i, (c, r) in enumerate(zip(cpu, rss, strict=True)):
+        ax.annotate(f"{r:.0f} MB", (i, c), ha="center", va="bottom", fontsize=8)
+    ax.legend()
+
+    ax = axes[1][1]
+    tls = [_get(med, f"bulk/{s}", "mb_s") or 0 for s in SYSTEMS]
+    plain = [_get(med, "bulk/direct", "mb_s") or 0] + [_get(med, f"bulk_plain/{s}", "mb_s") or 0 for s in SYSTEMS[1:]]
+    ax.bar([x - 0.2 for x in range(3)], tls, 0.4, label="mTLS (direct: none)", color="#2ca02c")
+    ax.bar([x + 0.2 for x in range(3)], plain, 0.4, label="plain", color="#98df8a")
+    ax.set_xticks(range(3), list(SYSTEMS))
+    ax.set_ylabel("MB/s")
+    ax.set_title("bulk: 1 MiB bodies (wrk, closed loop)")
+    ax.legend()
+
+    fig.suptitle("meshns benchmark: direct vs meshns vs HAProxy (medians of the rounds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,204 @@
+"""Tests of the benchmark's pure parts: parsers (on recorded tool output), percentile, rendering,
+ratios and the bar's verdicts. Run with `.venv/bin/pytest scripts/bench`."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import parse, render, report
+
+WRK_OUT = """Running 2s test @ http://127.0.0.1:18089/1k
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   733.44us  419.99us   5.42ms   88.61%
+    Req/Sec    22.36k     4.97k   37.65k    85.71%
+  46723 requests in 2.10s, 56.32MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:  22258.10
+Transfer/sec:     26.83MB
+"""
+
+H2LOAD_OUT = """finished in 3.00s, 1000.00 req/s, 1.21MB/s
+requests: 2000 total, 2000 started, 2000 done, 1998 succeeded, 2 failed, 0 errored, 0 timeout
+status codes: 1998 2xx, 0 3xx, 0 4xx, 2 5xx
+traffic: 2.41MB (2528000) total, 552.23KB (565488) headers (space savings 0.00%), 2.92MB (3063808) data
+"""
+
+
+def test_wrk_summary() -> None:
+    w = parse.parse_wrk(WRK_OUT)
+    assert w.requests == 46723
+    assert w.duration_s == pytest.approx(2.10)
+    assert w.rps == pytest.approx(46723 / 2.10)
+    assert w.bytes_read == pytest.approx(56.32 * 1024**2)
+    assert (w.socket_errors, w.non_2xx, w.errors) == (3, 4, 7)
+
+
+def test_wrk_without_errors_and_missing_summary() -> None:
+    clean = "\n".join(line for line in WRK_OUT.splitlines() if "errors" not in line and "Non-2xx" not in line)
+    assert parse.parse_wrk(clean).errors == 0
+    with pytest.raises(ValueError, match="no summary"):
+        parse.parse_wrk("unable to connect to 10.0.0.1:80 Connection refused\n")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("2.10s", 2.1), ("733.44us", 733.44e-6), ("1.01ms", 1.01e-3),
+                                                ("1.00m", 60.0)])
+def test_durations(text: str, seconds: float) -> None:
+    assert parse.parse_duration_s(text) == pytest.approx(seconds)
+
+
+def test_sizes() -> None:
+    assert parse.parse_size("812B") == 812
+    assert parse.parse_size("1.5KB") == 1536
+    assert parse.parse_size("2GB") == 2 * 1024**3
+    with pytest.raises(ValueError):
+        parse.parse_size("lots")
+
+
+def test_h2load_summary() -> None:
+    s = parse.parse_h2load_summary(H2LOAD_OUT)
+    assert (s.total, s.succeeded, s.failed, s.errored, s.timeout, s.status_2xx) == (2000, 1998, 2, 0, 0, 1998)
+
+
+def test_h2load_log_counts_failures_and_skips_partial_lines() -> None:
+    log = parse.parse_h2load_log("100\t200\t900\n101\t-1\t5\n102\t503\t700\n103\t200\t1100\n104\t20")
+    assert log.durations_us == (900, 1100)
+    assert log.failed == 2
+    assert (log.first_start_us, log.last_start_us) == (100, 103)
+
+
+def test_percentile_nearest_rank() -> None:
+    values = list(range(1, 101))  # 1..100
+    assert parse.percentile(values, 50) == 50
+    assert parse.percentile(values, 90) == 90
+    assert parse.percentile(values, 99) == 99
+    assert parse.percentile(values, 100) == 100
+    assert parse.percentile([7.0], 99) == 7.0
+    assert parse.percentile([3, 1, 2], 50) == 2  # order of the input does not matter
+    with pytest.raises(ValueError):
+        parse.percentile([], 50)
+
+
+def test_latency_ms_from_log() -> None:
+    log = parse.RequestLog(tuple(range(1000, 101000, 1000)), 0, 0, 0)  # 1..100 ms
+    assert parse.latency_ms(log) == {"p50": 50.0, "p90": 90.0, "p99": 99.0}
+
+
+def test_proc_stat_with_awkward_command_name() -> None:
+    # comm may hold spaces and ')': fields are counted from the last ')'.
+    fields = ["S"] + ["0"] * 10 + ["150", "25"] + ["0"] * 30
+    stat = "4242 (we) ird) " + " ".join(fields)
+    assert parse.proc_cpu_ticks(stat) == 175
+
+
+def test_proc_status_hwm() -> None:
+    status = "Name:\tpython\nVmPeak:\t  50000 kB\nVmHWM:\t   33952 kB\nVmRSS:\t   30000 kB\n"
+    assert parse.proc_status_kb(status, "VmHWM") == 33952
+    with pytest.raises(ValueError):
+        parse.proc_status_kb("Name:\tx\n", "VmHWM")
+
+
+def test_median() -> None:
+    assert parse.median([3, 1, 2]) == 2
+    assert parse.median([4, 1, 3, 2]) == 2.5
+
+
+def test_haproxy_client_config() -> None:
+    tls = render.HaproxyTls("/t/client.pem", "/t/ca.pem", "server.bench.invalid")
+    text = render.haproxy_client(user="haproxy", group="haproxy", outbound_port=15001, tls=tls,
+                                 plain_dst="10.250.128.6")
+    assert "nbthread 1" in text
+    assert "bind 0.0.0.0:15001" in text
+    # Original destination, TLS with a client certificate, the server's name checked.
+    assert ("server s 0.0.0.0:0 ssl crt /t/client.pem ca-file /t/ca.pem verify required "
+            "verifyhost server.bench.invalid") in text
+    assert "use_backend original_dst_plain if { dst 10.250.128.6 }" in text
+    plain = render.haproxy_client(user="haproxy", group="haproxy", outbound_port=15001, tls=None)
+    assert " ssl " not in plain
+    assert "original_dst_plain" not in plain
+
+
+def test_haproxy_server_config() -> None:
+    tls = render.HaproxyTls("/t/server.pem", "/t/ca.pem", "server.bench.invalid")
+    text = render.haproxy_server(user="haproxy", group="haproxy", inbound_port=15006, app_port=80, tls=tls)
+    assert "bind 0.0.0.0:15006 ssl crt /t/server.pem ca-file /t/ca.pem verify required" in text
+    assert "server app 127.0.0.1:80" in text
+    plain = render.haproxy_server(user="haproxy", group="haproxy", inbound_port=15006, app_port=80, tls=None)
+    assert "ssl" not in plain.split("frontend", 1)[1]
+
+
+def test_nginx_conf() -> None:
+    text = render.nginx_conf(root="/t/www", run_dir="/t/run/a")
+    assert "worker_processes 1;" in text
+    assert "pid /t/run/a/nginx.pid;" in text
+    assert "root /t/www;" in text
+    assert "listen 80;" in text
+    assert text.count("{") == text.count("}")
+
+
+def test_intercept_rules_are_meshns_plan_for_another_uid() -> None:
+    rules = render.intercept_rules(proxy_uid=104, proxy_gid=107)
+    lines = render.rule_lines(rules)
+    assert "-A MESHNS_REDIRECT -p tcp -m comment --comment \"meshns: to outbound listener\" " \
+           "-j REDIRECT --to-ports 15001" in lines
+    assert any("--uid-owner 104" in line and line.endswith("-j RETURN") for line in lines)
+    assert any("--gid-owner 107" in line for line in lines)
+    assert not any("1337" in line for line in lines)
+    assert any("REDIRECT --to-ports 15006" in line for line in lines)
+
+
+def test_peer_authentication() -> None:
+    text = render.peer_authentication_disable("plain")
+    assert "kind: PeerAuthentication" in text
+    assert "namespace: plain" in text
+    assert "mode: DISABLE" in text
+
+
+def _rounds() -> list[dict[str, report.Figures]]:
+    def one(scale: float) -> dict[str, report.Figures]:
+        return {
+            "rps/direct": {"rps": 20000 * scale}, "rps/meshns": {"rps": 4000 * scale},
+            "rps/haproxy": {"rps": 5000 * scale},
+            "fixed/direct": {"p50_ms": 0.2, "p90_ms": 0.3, "p99_ms": 0.5},
+            "fixed/meshns": {"p50_ms": 0.6, "p90_ms": 0.8 * scale, "p99_ms": 2.5,
+                             "cpu_s_per_1k": {"client sidecar": 0.08, "server sidecar": 0.12 * scale}},
+            "fixed/haproxy": {"p50_ms": 0.4, "p90_ms": 0.5, "p99_ms": 0.9,
+                              "cpu_s_per_1k": {"client haproxy": 0.02, "server haproxy": None}},
+            "bulk/direct": {"mb_s": 1000.0}, "bulk/meshns": {"mb_s": 300.0}, "bulk/haproxy": {"mb_s": 250.0},
+            "bulk_plain/meshns": {"mb_s": 950.0}, "bulk_plain/haproxy": {"mb_s": 800.0},
+        }
+
+    return [one(1.0), one(1.2), one(0.9)]
+
+
+def test_medians_ratios_and_bar() -> None:
+    med = report.medians(_rounds())
+    assert med["rps/meshns"]["rps"] == 4000
+    assert med["fixed/meshns"]["cpu_s_per_1k"]["server sidecar"] == pytest.approx(0.12)
+    assert med["fixed/haproxy"]["cpu_s_per_1k"]["server haproxy"] is None
+    rat = report.ratios(med)
+    assert rat["meshns"]["rps_vs_haproxy"] == pytest.approx(0.8)
+    assert rat["meshns"]["rps_vs_direct"] == pytest.approx(0.2)
+    assert rat["meshns"]["added_p90_ms"] == pytest.approx(0.5)
+    assert rat["meshns"]["bulk_plain_vs_direct"] == pytest.approx(0.95)
+    verdicts = report.bar(med, rat, {"meshns": {"client sidecar": 34.0, "server sidecar": 41.0}})
+    assert [v.met for v in verdicts] == [False, True, False, False, False, True, True]
+    assert verdicts[3].measured == pytest.approx(0.12)  # the worse sidecar is checked
+    assert verdicts[4].measured == 41.0
+
+
+def test_bar_reports_unmeasured() -> None:
+    rat = report.ratios({})
+    verdicts = report.bar({}, rat, {})
+    assert all(v.met is None and v.word == "not measured" for v in verdicts)
+
+
+def test_table_mentions_every_system() -> None:
+    med = report.medians(_rounds())
+    text = report.table(med, report.ratios(med), {"meshns": {"client sidecar": 34.0}})
+    first = text.splitlines()[0]
+    for system in report.SYSTEMS:
+        assert system in first
+    assert "34.0" in text
+    assert "0.80" in text  # meshns/haproxy max req/s
