@@ -4,19 +4,21 @@ state and pools, the parser choice, the one random source, and the counters."""
 from __future__ import annotations
 
 import random
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from meshns.dataplane.config import SidecarConfig
 from meshns.dataplane.connect import Connector
 from meshns.dataplane.decide import Forward
 from meshns.dataplane.http1.parser import ParserKit
 from meshns.dataplane.http1.upstream import ServicePool
-from meshns.dataplane.http2.client import H2Pool
 from meshns.dataplane.observe import Observer
 from meshns.dataplane.policy.state import ServiceState, ServiceStates
 from meshns.dataplane.snapshots import SnapshotStore
 from meshns.dataplane.stats import Stats
 from meshns.snapshot import Service
+
+if TYPE_CHECKING:
+    from meshns.dataplane.http2.client import H2Pool
 
 
 class LiveConn(Protocol):
@@ -57,6 +59,8 @@ class HttpContext:
     def h2_pool(self, service: Service) -> H2Pool:
         pool = self.h2_pools.get(service.name)
         if pool is None:
+            from meshns.dataplane.http2.client import H2Pool  # noqa: PLC0415  (h2 only when used)
+
             p = service.pool
             pool = self.h2_pools[service.name] = H2Pool(self.connector, p.connect_timeout_s, p.idle_timeout_s)
         return pool
@@ -65,6 +69,8 @@ class HttpContext:
         key = fwd.target.as_tuple()
         pool = self.h2_app_pools.get(key)
         if pool is None:
+            from meshns.dataplane.http2.client import H2Pool  # noqa: PLC0415  (h2 only when used)
+
             pool = self.h2_app_pools[key] = H2Pool(self.connector, self.config.connect_timeout_s,
                                                    self.config.idle_timeout_s, fwd.bind_source)
         return pool

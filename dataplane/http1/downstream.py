@@ -31,8 +31,6 @@ from meshns.dataplane.http1.head import ParseError, RequestHead, local_response
 from meshns.dataplane.http1.parser import RequestParser
 from meshns.dataplane.http1.pipe import Pipe
 from meshns.dataplane.http1.upstream import ConnectFailed, ServicePool, UpstreamConn
-from meshns.dataplane.http2.outbound import OutboundTarget
-from meshns.dataplane.http2.server import Downstream
 from meshns.dataplane.metrics import TcpObs
 from meshns.dataplane.observe import NULL_TCP, peername_of
 from meshns.dataplane.policy.state import choose_endpoint
@@ -258,6 +256,10 @@ class ServiceConnection(ClientConnection):
         self.drop_eager()
         self.lost = True  # whatever still calls back into this object is ignored
         self.done()
+        # Imported on the first HTTP/2 connection: h2 costs a sidecar that never sees one ~4 MB.
+        from meshns.dataplane.http2.outbound import OutboundTarget  # noqa: PLC0415
+        from meshns.dataplane.http2.server import Downstream  # noqa: PLC0415
+
         target = OutboundTarget(self.hctx, self.service, self.dst, self.peers)
         data, self.buf = self.buf, b""
         self.hctx.stats.h2_connections += 1

@@ -35,8 +35,6 @@ from meshns.dataplane.http1.inbound_exchange import InboundExchange
 from meshns.dataplane.http1.parser import RequestParser
 from meshns.dataplane.http1.pipe import Pipe
 from meshns.dataplane.http1.upstream import HIGH_WATER, LOW_WATER, UpstreamConn
-from meshns.dataplane.http2.inbound import InboundTarget
-from meshns.dataplane.http2.server import Downstream
 from meshns.dataplane.inbound_authz import deny_tcp
 from meshns.dataplane.labels import Peers
 from meshns.dataplane.metrics import TcpObs
@@ -401,6 +399,10 @@ def take_over_inbound(hctx: HttpContext, transport: asyncio.BaseTransport, fwd: 
 
 def start_h2_inbound(hctx: HttpContext, transport: asyncio.Transport, fwd: Forward, peer: str, peers: Peers,
                      first: bytes) -> None:
+    # Imported on the first HTTP/2 connection: h2 costs a sidecar that never sees one ~4 MB.
+    from meshns.dataplane.http2.inbound import InboundTarget  # noqa: PLC0415
+    from meshns.dataplane.http2.server import Downstream  # noqa: PLC0415
+
     hctx.stats.h2_connections += 1
     target = InboundTarget(hctx, fwd, peer, peers)
     Downstream(hctx, target.make_stream, "inbound").take_over(transport, first)
