@@ -286,14 +286,21 @@ class ServiceConnection(ClientConnection):
         return self.eager_key[0] if self.http and self.eager_key is not None else None
 
     async def claim_eager(self, key: tuple[str, int]) -> UpstreamConn | None:
-        """The eager connection for a try to ``key`` (waiting for its dial), once; any other
-        first try releases it, closed. None: dial as usual."""
+        """The connection for the first try to ``key``: the eager one when it is up; while it is
+        still dialling, an idle pooled connection to the same endpoint if there is one (a
+        keep-alive connection answers at once, a fresh mTLS handshake takes milliseconds), else
+        the eager one once dialled. Whatever the first try does not use is closed, never pooled
+        unused. None: the pool dials as usual."""
         if self.eager_key is None:
             return None
         if key != self.eager_key:
             self.drop_eager()
             return None
         if self.eager is None and self.eager_task is not None:
+            idle = self.pool.take_idle(key)
+            if idle is not None:
+                self.drop_eager()  # the dial in flight is closed when it completes
+                return idle
             await asyncio.wait((self.eager_task,))  # its outcome lands in self.eager
         self.eager_key = None
         conn, self.eager = self.eager, None

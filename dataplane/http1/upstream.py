@@ -148,7 +148,7 @@ class ServicePool:
     async def acquire(self, key: Key) -> UpstreamConn:
         breaker = self.state.breaker
         while True:
-            conn = self._take_idle(key)
+            conn = self.take_idle(key)
             if conn is not None:
                 return conn
             if not breaker.can_open_connection():
@@ -177,7 +177,7 @@ class ServicePool:
         if entry in self.waiters:
             self.waiters.remove(entry)
 
-    def _take_idle(self, key: Key) -> UpstreamConn | None:
+    def take_idle(self, key: Key) -> UpstreamConn | None:
         lst = self.idle.get(key)
         while lst:
             conn = lst.pop()

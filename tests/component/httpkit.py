@@ -52,17 +52,23 @@ class Backend:
     fail_left: int = 0
     requests: int = 0
     connections: int = 0
+    unused_open: int = 0  # connections open right now that have not carried a request yet
     body_size: int = 0  # extra bytes appended to each answer
     seen: list[tuple[bytes, bytes, list[tuple[bytes, bytes]]]] = field(default_factory=list)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.unused_open += 1
+        used = False
         conn = h11.Connection(h11.SERVER)
         with contextlib.suppress(ConnectionError, h11.RemoteProtocolError, asyncio.CancelledError):
             while True:
                 req, digest, size = await self._read_request(conn, reader, writer)
                 if req is None:
                     break
+                if not used:
+                    used = True
+                    self.unused_open -= 1
                 self.requests += 1
                 self.seen.append((req.method, req.target, list(req.headers.raw_items())))
                 if not await self._answer(conn, writer, req, digest, size):
@@ -70,6 +76,8 @@ class Backend:
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     break
                 conn.start_next_cycle()
+        if not used:
+            self.unused_open -= 1
         writer.close()
 
     async def _read_request(self, conn: h11.Connection, reader: asyncio.StreamReader,
