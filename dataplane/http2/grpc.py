@@ -154,7 +154,8 @@ def format_grpc_timeout(seconds: float) -> bytes:
 # --- headers ------------------------------------------------------------------------------------
 
 
-def _first(headers: Headers, name: bytes) -> bytes | None:
+def header(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower-case, as HTTP/2 carries names)."""
     for n, v in headers:
         if n == name:
             return v
@@ -167,7 +168,7 @@ def is_grpc(headers: Headers) -> bool:
     The exact prefix test matters: "application/grpc-web" is a different protocol (its framing
     differs and a browser sits behind it), and must not be treated as gRPC.
     """
-    ct = _first(headers, _CONTENT_TYPE)
+    ct = header(headers, _CONTENT_TYPE)
     if ct is None:
         return False
     ct = ct.lower()
@@ -184,7 +185,7 @@ def grpc_status_of(headers: Headers) -> int | None:
     metric label with the real number is more useful than a guess. A value past int32 cannot be a
     status at all.
     """
-    value = _first(headers, _GRPC_STATUS)
+    value = header(headers, _GRPC_STATUS)
     if value is None or not value.isdigit():  # bytes.isdigit is ASCII-only: no signs, spaces
         return None
     # Bound the length before int(): leading zeros are harmless, but a kilobyte of digits is not a

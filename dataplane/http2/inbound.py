@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 from meshns.dataplane.decide import Forward
 from meshns.dataplane.http2.client import ConnectFailed
-from meshns.dataplane.http2.conn import CANCEL, INTERNAL_ERROR, Headers
+from meshns.dataplane.http2.conn import Headers
 from meshns.dataplane.http2.grpc import grpc_status_of
-from meshns.dataplane.http2.stream import Bridge, forwardable
+from meshns.dataplane.http2.stream import Bridge, forwardable, status_of
 from meshns.dataplane.inbound_authz import DENIED_HEADER, RBAC_FLAG, deny_http, normalize_target, set_identity_headers
 from meshns.dataplane.policy import flags
 from meshns.dataplane.tracing import rewrite_trace
@@ -98,17 +98,12 @@ class InboundStream(Bridge):
     def up_headers(self, headers: Headers, ended: bool) -> None:
         if self.finished:
             return
-        value = next((v for k, v in headers if k == b":status"), b"")
-        self.status = int(value) if value.isdigit() else 502
+        self.status = status_of(headers)
         if ended and self.grpc and (code := grpc_status_of(headers)) is not None:
             self.grpc_status = str(code)
         self.commit_headers(headers, ended)
 
     def up_data(self, data: bytes, fc_len: int) -> None:
-        if self.finished:
-            if self.up is not None:
-                self.up.ack(self.up_sid, fc_len)
-            return
         self.forward_data(data, fc_len)
 
     def up_trailers(self, headers: Headers) -> None:
@@ -127,8 +122,7 @@ class InboundStream(Bridge):
         if not self.committed:
             self.local_reply(503, flags.UC)
             return
-        self.flags.append(flags.UC)
-        self.reset_client(CANCEL if code == CANCEL else INTERNAL_ERROR)
+        self.upstream_reset_after_commit(code)
 
     def cancel_task(self) -> None:
         if self.task is not None and not self.task.done():

@@ -25,13 +25,14 @@ import logging
 from typing import TYPE_CHECKING
 
 from meshns.dataplane.http2.client import ConnectFailed
-from meshns.dataplane.http2.conn import CANCEL, INTERNAL_ERROR, Headers
+from meshns.dataplane.http2.conn import CANCEL, Headers
 from meshns.dataplane.http2.grpc import (
     format_grpc_timeout,
     grpc_status_of,
+    header,
     parse_grpc_timeout,
 )
-from meshns.dataplane.http2.stream import Bridge, forwardable, header
+from meshns.dataplane.http2.stream import Bridge, forwardable, status_of
 from meshns.dataplane.policy import flags
 from meshns.dataplane.policy.attempts import Attempts
 from meshns.dataplane.policy.fault import decide_fault
@@ -207,7 +208,7 @@ class OutboundStream(Attempts, Bridge):
     def up_headers(self, headers: Headers, ended: bool) -> None:
         if self.finished:
             return
-        status = _status(headers)
+        status = status_of(headers)
         if ended:  # no body: a Trailers-Only gRPC response, or an empty HTTP one
             self.resp_trailers = None
             if self.decided(status, grpc_status_of(headers) if self.grpc else None, headers):
@@ -245,12 +246,8 @@ class OutboundStream(Attempts, Bridge):
         return out
 
     def up_data(self, data: bytes, fc_len: int) -> None:
-        if self.finished:
-            if self.up is not None:
-                self.up.ack(self.up_sid, fc_len)
-            return
         held = self.held
-        if held is not None:  # the first message: committed, no retry from here
+        if held is not None and not self.finished:  # the first message: committed, no retry from here
             self.held = None
             if self.decided(200, None, held):
                 self.commit_headers(self.with_attempts(held), False)
@@ -293,8 +290,7 @@ class OutboundStream(Attempts, Bridge):
             self.held = None
             self.settle(REFUSED if refused else Outcome.reset())
             return
-        self.flags.append(flags.UC)
-        self.reset_client(CANCEL if code == CANCEL else INTERNAL_ERROR)
+        self.upstream_reset_after_commit(code)
 
     # -- endings ------------------------------------------------------------------------------
 
@@ -323,9 +319,4 @@ class OutboundStream(Attempts, Bridge):
             self.deadline_handle = None
         self.hctx.stats.outbound.bytes_down += self.resp_body_bytes
         self.hctx.stats.outbound.bytes_up += self.req_body_bytes
-
-
-def _status(headers: Headers) -> int:
-    value = header(headers, b":status") or b""
-    return int(value) if value.isdigit() else 502
 

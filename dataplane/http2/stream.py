@@ -21,8 +21,8 @@ import time
 from typing import TYPE_CHECKING
 
 from meshns.dataplane.http2.client import Upstream
-from meshns.dataplane.http2.conn import INTERNAL_ERROR, Headers
-from meshns.dataplane.http2.grpc import is_grpc, local_grpc_status, trailers_only_response
+from meshns.dataplane.http2.conn import CANCEL, INTERNAL_ERROR, Headers
+from meshns.dataplane.http2.grpc import header, is_grpc, local_grpc_status, trailers_only_response
 from meshns.dataplane.labels import UNKNOWN, Peers
 from meshns.dataplane.policy import flags
 from meshns.dataplane.policy.retry import REPLAY_LIMIT_BYTES
@@ -40,11 +40,10 @@ _REASONS = {"UH": "no healthy upstream", "UF": "upstream connect failure", "UO":
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
 
 
-def header(headers: Headers, name: bytes) -> bytes | None:
-    for k, v in headers:
-        if k == name:
-            return v
-    return None
+def status_of(headers: Headers) -> int:
+    """The response's ``:status`` (502 when missing or malformed: the upstream broke HTTP)."""
+    value = header(headers, b":status") or b""
+    return int(value) if value.isdigit() else 502
 
 
 def forwardable(headers: Headers) -> Headers:
@@ -166,8 +165,12 @@ class Bridge:
             self.finish()
 
     def forward_data(self, data: bytes, fc_len: int) -> None:
-        self.resp_body_bytes += len(data)
         up, up_sid = self.up, self.up_sid
+        if self.finished:  # nobody reads it any more: the upstream gets its window back at once
+            if up is not None:
+                up.ack(up_sid, fc_len)
+            return
+        self.resp_body_bytes += len(data)
         if up is None:
             return
         self.down.send_body(self.sid, data, lambda n: up.ack(up_sid, n), fc_len)
@@ -210,6 +213,12 @@ class Bridge:
             self.down.send_end(self.sid)
         self.resp_ended = True
         self.finish()
+
+    def upstream_reset_after_commit(self, code: int) -> None:
+        """The upstream reset a response already under way: reset the client's stream too (a
+        cancel stays a cancel), flagged UC."""
+        self.flags.append(flags.UC)
+        self.reset_client(CANCEL if code == CANCEL else INTERNAL_ERROR)
 
     def reset_client(self, code: int = INTERNAL_ERROR) -> None:
         """The response cannot complete: the client must not take a truncated one as whole."""
