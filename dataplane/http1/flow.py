@@ -176,27 +176,12 @@ class RequestFlow(Attempts, Exchange):
             self.state.overflows += 1
             self.local_reply(503, flags.UO)
             return None
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Outcome | None] = loop.create_future()
-        self.try_future = fut
+        fut = self.new_try()
         self.attach(up)
-        per_try = route.retries.per_try_timeout_s
-        handle = loop.call_later(per_try, self.try_timed_out, fut) if per_try else None
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            if not self.committed:
-                self.detach(abort=True)
-            raise
-        finally:
-            if handle is not None:
-                handle.cancel()
-            self.try_future = None
+        return await self.try_outcome(fut, route)
 
-    def try_timed_out(self, fut: asyncio.Future[Outcome | None]) -> None:
-        if not fut.done() and not self.committed:
-            self.detach(abort=True)
-            fut.set_result(Outcome.timeout())
+    def abandon_try(self) -> None:
+        self.detach(abort=True)
 
     def local_failure(self, status: int, flag: str) -> None:
         self.local_reply(status, flag)

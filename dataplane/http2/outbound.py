@@ -156,27 +156,16 @@ class OutboundStream(Attempts, Bridge):
         except ConnectFailed as exc:
             log.info("connect failed to %s:%d: %s", key[0], key[1], exc)
             return Outcome.connect_failure()
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Outcome | None] = loop.create_future()
-        self.try_future = fut
         self.held = None
         try:
             self.attach(up, self.try_headers())
         except ConnectionError as exc:
             log.info("no stream on %s:%d: %s", key[0], key[1], exc)
             return REFUSED  # nothing was sent: as safe to retry as REFUSED_STREAM
-        per_try = route.retries.per_try_timeout_s
-        handle = loop.call_later(per_try, self.try_timed_out, fut) if per_try else None
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            if not self.committed:
-                self.detach(cancel=True)
-            raise
-        finally:
-            if handle is not None:
-                handle.cancel()
-            self.try_future = None
+        return await self.try_outcome(self.new_try(), route)
+
+    def abandon_try(self) -> None:
+        self.detach(cancel=True)
 
     def try_headers(self) -> Headers:
         """The request headers of this try: grpc-timeout is what is left of the deadline."""
@@ -186,11 +175,6 @@ class OutboundStream(Attempts, Bridge):
         out = [(k, v) for k, v in self.headers if k != b"grpc-timeout"]
         out.append((b"grpc-timeout", format_grpc_timeout(left)))
         return out
-
-    def try_timed_out(self, fut: asyncio.Future[Outcome | None]) -> None:
-        if not fut.done() and not self.committed:
-            self.detach(cancel=True)
-            fut.set_result(Outcome.timeout())
 
     def settle(self, outcome: Outcome | None) -> None:
         fut = self.try_future

@@ -37,6 +37,7 @@ class Attempts:
     endpoint_pod: str
     upstream_host: str
     rand: Callable[[], float]
+    try_future: asyncio.Future[Outcome | None] | None
 
     def method_name(self) -> str:
         raise NotImplementedError
@@ -53,6 +54,36 @@ class Attempts:
         """One try on ``key``: its outcome, or None once the response is committed (or the
         request was answered otherwise)."""
         raise NotImplementedError
+
+    def abandon_try(self) -> None:
+        """Let go of the try's upstream: its response is no longer wanted."""
+        raise NotImplementedError
+
+    def new_try(self) -> asyncio.Future[Outcome | None]:
+        """The future the response callbacks settle with the try's outcome (None: committed)."""
+        fut: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
+        self.try_future = fut
+        return fut
+
+    async def try_outcome(self, fut: asyncio.Future[Outcome | None], route: HttpRoute) -> Outcome | None:
+        """Wait for the attached try under the route's per-try timeout."""
+        per_try = route.retries.per_try_timeout_s
+        handle = asyncio.get_running_loop().call_later(per_try, self.try_timed_out, fut) if per_try else None
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if not self.committed:
+                self.abandon_try()
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+            self.try_future = None
+
+    def try_timed_out(self, fut: asyncio.Future[Outcome | None]) -> None:
+        if not fut.done() and not self.committed:
+            self.abandon_try()
+            fut.set_result(Outcome.timeout())
 
     async def tries_loop(self, route: HttpRoute, subset: str | None) -> None:
         service, state, rand = self.service, self.state, self.rand
