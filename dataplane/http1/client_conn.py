@@ -75,7 +75,30 @@ class ClientConnection(asyncio.Protocol):
         raise NotImplementedError
 
     def go_h2(self) -> None:
+        """HTTP/2 prior knowledge: the connection leaves this object for an HTTP/2 endpoint
+        (http2.server.Downstream) that handles its streams one by one; the upstream dialled for
+        detection is not needed."""
+        self.http = True  # no more detection here; this object only forgets the connection
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.drop_detection_dial()
+        self.lost = True  # whatever still calls back into this object is ignored
+        self.done()
+        data, self.buf = self.buf, b""
+        self.start_h2(data)
+
+    def drop_detection_dial(self) -> None:
         raise NotImplementedError
+
+    def start_h2(self, first: bytes) -> None:
+        raise NotImplementedError
+
+    def done(self) -> None:
+        """The connection is no longer this object's: uncounted, no longer drained."""
+        if self in self.hctx.live:
+            self.hctx.live.discard(self)
+            self.hctx.stats.active -= 1
 
     def upstream_decides(self) -> bool:
         """Whether the bytes the upstream sent first make the connection opaque (a server-first

@@ -113,11 +113,6 @@ class ServiceConnection(ClientConnection):
         if self.pipe is None:
             self.done()
 
-    def done(self) -> None:
-        if self in self.hctx.live:
-            self.hctx.live.discard(self)
-            self.hctx.stats.active -= 1
-
     def abort(self) -> None:
         if self.pipe is not None:
             self.pipe.abort()
@@ -243,27 +238,20 @@ class ServiceConnection(ClientConnection):
         elif self.eager_task is None and not self.start_eager():
             self.transport.close()
 
-    def go_h2(self) -> None:
-        """HTTP/2 prior knowledge: the connection becomes an HTTP/2 endpoint whose streams are
-        routed one by one (http2.outbound); the eager connection is not needed."""
-        self.http = True  # no more detection here; this object only forgets the connection
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+    def drop_detection_dial(self) -> None:
         if self.eager_task is not None:
             self.eager_task.cancel()
             self.eager_task = None
         self.drop_eager()
-        self.lost = True  # whatever still calls back into this object is ignored
-        self.done()
+
+    def start_h2(self, first: bytes) -> None:
+        """The streams are routed one by one (http2.outbound)."""
         # Imported on the first HTTP/2 connection: h2 costs a sidecar that never sees one ~4 MB.
         from meshns.dataplane.http2.outbound import OutboundTarget  # noqa: PLC0415
         from meshns.dataplane.http2.server import Downstream  # noqa: PLC0415
 
         target = OutboundTarget(self.hctx, self.service, self.dst, self.peers)
-        data, self.buf = self.buf, b""
-        self.hctx.stats.h2_connections += 1
-        Downstream(self.hctx, target.make_stream, self.service.name).take_over(self.transport, data)
+        Downstream(self.hctx, target.make_stream, self.service.name).take_over(self.transport, first)
 
     def start_eager(self) -> bool:
         hctx = self.hctx

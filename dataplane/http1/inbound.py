@@ -106,11 +106,6 @@ class InboundConnection(ClientConnection):
                 self.close(self.app, abort=True)
             self.done()
 
-    def done(self) -> None:
-        if self in self.hctx.live:
-            self.hctx.live.discard(self)
-            self.hctx.stats.active -= 1
-
     def abort(self) -> None:
         if self.pipe is not None:
             self.pipe.abort()
@@ -160,22 +155,17 @@ class InboundConnection(ClientConnection):
         elif self.opaque or self.upstream_decides():
             self.start_pipe()
 
-    def go_h2(self) -> None:
-        """A plaintext HTTP/2 client (prior knowledge): served per stream by http2.inbound, with
-        HTTP/2 to the app from a pool of its own; the connection dialled for detection goes."""
-        self.http = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+    def drop_detection_dial(self) -> None:
         if self.dial_task is not None:
             self.dial_task.cancel()
             self.dial_task = None
         if self.app is not None:
             self.close(self.app)
-        self.lost = True
-        self.done()
-        start_h2_inbound(self.hctx, self.transport, self.fwd, self.peer_id, self.peers, self.buf)
-        self.buf = b""
+
+    def start_h2(self, first: bytes) -> None:
+        """A plaintext HTTP/2 client (prior knowledge): served per stream by http2.inbound, with
+        HTTP/2 to the app from a pool of its own."""
+        start_h2_inbound(self.hctx, self.transport, self.fwd, self.peer_id, self.peers, first)
 
     def app_unreachable(self) -> None:
         self.dial_failed = True
@@ -403,6 +393,5 @@ def start_h2_inbound(hctx: HttpContext, transport: asyncio.Transport, fwd: Forwa
     from meshns.dataplane.http2.inbound import InboundTarget  # noqa: PLC0415
     from meshns.dataplane.http2.server import Downstream  # noqa: PLC0415
 
-    hctx.stats.h2_connections += 1
     target = InboundTarget(hctx, fwd, peer, peers)
     Downstream(hctx, target.make_stream, "inbound").take_over(transport, first)

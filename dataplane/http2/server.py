@@ -66,6 +66,7 @@ class Downstream(H2Conn):
     def take_over(self, transport: asyncio.Transport, first: bytes) -> None:
         """Become the protocol of an accepted connection whose first bytes were already read."""
         self.hctx.stats.active += 1
+        self.hctx.stats.h2_connections += 1
         self.hctx.live.add(self)
         transport.set_protocol(self)
         self.connection_made(transport)
