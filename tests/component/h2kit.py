@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
@@ -13,9 +14,9 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+from httpkit import IPS, on_one_port
 
 Headers = list[tuple[bytes, bytes]]
-IPS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 
 
 @dataclass
@@ -99,26 +100,10 @@ async def answer_name(be: H2Backend, conn: BackendConn, req: Request) -> None:
 @contextlib.asynccontextmanager
 async def h2_backends(handler: Handler = answer_name, n: int = 3) -> AsyncIterator[tuple[int, list[H2Backend]]]:
     loop = asyncio.get_running_loop()
-    for _ in range(20):
-        servers: list[asyncio.Server] = []
-        bes = [H2Backend(ip, handler) for ip in IPS[:n]]
-        try:
-            port = 0
-            for be in bes:
-                srv = await loop.create_server(lambda be=be: BackendConn(be), be.ip, port)
-                servers.append(srv)
-                port = srv.sockets[0].getsockname()[1]
-        except OSError:
-            for s in servers:
-                s.close()
-            continue
-        try:
-            yield port, bes
-        finally:
-            for s in servers:
-                s.close()
-        return
-    raise RuntimeError("no common free port")
+    bes = [H2Backend(ip, handler) for ip in IPS[:n]]
+    starts = [functools.partial(loop.create_server, functools.partial(BackendConn, be), be.ip) for be in bes]
+    async with on_one_port(starts) as port:
+        yield port, bes
 
 
 @dataclass

@@ -9,7 +9,7 @@ import functools
 import hashlib
 import random
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,17 +150,15 @@ class Backend:
 
 
 @contextlib.asynccontextmanager
-async def backends(n: int = 3, handler: Callable[[Backend], Callable[..., Awaitable[None]]] | None = None,
-                   ) -> AsyncIterator[tuple[int, list[Backend]]]:
-    """n backends on IPS[:n], all on one port; yields (port, backends)."""
+async def on_one_port(starts: Sequence[Callable[[int], Awaitable[asyncio.Server]]]) -> AsyncIterator[int]:
+    """Servers made by ``starts`` (each called with the port: 0 for the first, which picks one),
+    all on one port on their own addresses; yields the port. Retried when it is taken elsewhere."""
     for _ in range(20):
         servers: list[asyncio.Server] = []
-        bes = [Backend(ip) for ip in IPS[:n]]
         try:
             port = 0
-            for be in bes:
-                h = handler(be) if handler is not None else be.handle
-                srv = await asyncio.start_server(h, be.ip, port)
+            for start in starts:
+                srv = await start(port)
                 servers.append(srv)
                 port = srv.sockets[0].getsockname()[1]
         except OSError:
@@ -168,12 +166,23 @@ async def backends(n: int = 3, handler: Callable[[Backend], Callable[..., Awaita
                 s.close()
             continue
         try:
-            yield port, bes
+            yield port
         finally:
             for s in servers:
                 s.close()
         return
     raise RuntimeError("no common free port")
+
+
+@contextlib.asynccontextmanager
+async def backends(n: int = 3, handler: Callable[[Backend], Callable[..., Awaitable[None]]] | None = None,
+                   ) -> AsyncIterator[tuple[int, list[Backend]]]:
+    """n backends on IPS[:n], all on one port; yields (port, backends)."""
+    bes = [Backend(ip) for ip in IPS[:n]]
+    starts = [functools.partial(asyncio.start_server, handler(be) if handler is not None else be.handle, be.ip)
+              for be in bes]
+    async with on_one_port(starts) as port:
+        yield port, bes
 
 
 def service(port: int, n: int = 3, **over: Any) -> Service:
