@@ -17,7 +17,7 @@ from meshns.mesh import Mesh, require_root
 from meshns.model import PodSpec, PodState
 from meshns.names import parse_label, parse_service_decl
 from meshns.netns import gc as gc_mod
-from meshns.netns import lifecycle, status
+from meshns.netns import lifecycle, sandbox, status
 
 OUTPUT = click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table",
                       show_default=True, help="Output format.")
@@ -140,8 +140,15 @@ def exec_(ctx: click.Context, name: str, command: tuple[str, ...]) -> None:
     if not command:
         raise UserError("no command given: meshns exec POD -- CMD ARGS...")
     sys.stdout.flush()
-    # ip netns exec bind-mounts the pod's hosts and resolv.conf; our exit code becomes the command's.
-    os.execvp("ip", ["ip", "netns", "exec", record.netns, *command])
+    # The app's view of the pod (netns/sandbox.py): the same one the pod's own app gets, so a
+    # legacy binary run this way cannot change the rules or read the mesh's keys either.
+    # Our exit code becomes the command's.
+    try:
+        sandbox.enter(record.netns, sandbox.hidden_dirs(mesh.cfg.state_dir))
+        os.execvp(command[0], list(command))
+    except OSError as exc:
+        click.echo(f"meshns: error: cannot run {command[0]!r} in pod {name!r}: {exc.strerror or exc}", err=True)
+        sys.exit(127 if isinstance(exc, FileNotFoundError) else 126)
 
 
 @cli.command(name="list")

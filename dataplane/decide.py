@@ -60,6 +60,10 @@ def decide(direction: Direction, dst: OrigDst, config: SidecarConfig) -> Decisio
         # Either someone dialled the listener directly (uncaptured, e.g. 127.0.0.1:15001 from the
         # app) or a rule sent our own traffic back to us. Forwarding would connect to ourselves.
         return Reject(f"original destination {dst} is a sidecar listener port; would loop")
+    if direction is Direction.INBOUND and dst.port == config.admin_port:
+        # The admin endpoint (drain, log levels, config_dump) listens on the pod's loopback only;
+        # forwarding from outside to <pod ip>:15000 would hand it to anything bound there.
+        return Reject(f"original destination {dst} is the sidecar's admin port; only the pod may use it")
     if direction is Direction.INBOUND:
         # The hop to the app must not be captured again; interception exempts this source address.
         return Forward(dst, config.inbound_source_ip)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from meshns.errors import MeshnsError
 from meshns.mtls.identity import SpiffeId
 from meshns.mtls.keeper import IdentityKeeper
 from meshns.mtls.tls import WorkloadTls, encode_identity
+from meshns.netns import sandbox
 from meshns.netns.certinfo import write_cert_info
 from meshns.netns.child import enter_netns
 from meshns.netns.validate import validate
@@ -54,6 +56,26 @@ SIDECAR_EXIT_MARGIN_S = 2.0
 # How often the certificate is looked at (renewal is due at half its lifetime; root rotations
 # are noticed through the CA's generation).
 IDENTITY_CHECK_S = 0.25
+
+
+SIDECAR_NOFILE = 1 << 20
+
+
+def _nr_open() -> int:
+    try:
+        return int(Path("/proc/sys/fs/nr_open").read_text())
+    except (OSError, ValueError):
+        return 1 << 20
+
+
+def _raise_nofile(want: int) -> None:
+    """Soft and hard limit to ``want``; without CAP_SYS_RESOURCE (some containers) the hard limit
+    cannot grow, so the soft one goes up to it."""
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+    except (ValueError, OSError):
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def sidecar_stop_s(drain_timeout_s: float) -> float:
@@ -114,9 +136,15 @@ class Supervisor:
     # -- children --------------------------------------------------------------------------
     def _sidecar_preexec(self) -> None:
         enter_netns(self.netns)
+        # Two descriptors per proxied connection (more with pooled upstreams): the usual 1024
+        # would cap a sidecar at a few hundred connections. Only root may raise the hard limit,
+        # so it is done here, before the uid changes.
+        _raise_nofile(min(SIDECAR_NOFILE, _nr_open()))
+        sandbox.drop_bounding_caps(sandbox.last_cap())  # none can ever come back, even by exec
         os.setgroups([])
         os.setgid(PROXY_GID)
-        os.setuid(PROXY_UID)
+        os.setuid(PROXY_UID)  # from root to 1337: every capability is gone from here on
+        sandbox.no_new_privs()  # and no setuid binary or file capability can bring one back
 
     def start_sidecar(self) -> None:
         # The proxy user need not reach the state directory: it gets its config on stdin and an
@@ -196,12 +224,14 @@ class Supervisor:
         if not argv:
             self.state.app_state = "none"
             return
+        hide = sandbox.hidden_dirs(self.pod_dir.parent.parent)
         with open(self.pod_dir / "app.log", "ab") as out:
-            # ip netns exec bind-mounts /etc/netns/<netns>/{hosts,resolv.conf} for the app.
+            # The app's view of the pod: its network namespace, /etc/netns/<netns>/* over /etc,
+            # the mesh's state hidden, and no capability to undo any of it (netns/sandbox.py).
             self.app = subprocess.Popen(
-                ["ip", "netns", "exec", self.netns, *argv],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, close_fds=True,
+                preexec_fn=lambda: sandbox.enter(self.netns, hide),  # noqa: PLW1509 - one thread
             )
         self.state.app_pid = self.app.pid
         self.state.app_state = "running"
@@ -209,6 +239,10 @@ class Supervisor:
 
     # -- main loop -------------------------------------------------------------------------
     def run(self) -> int:
+        # This process holds the pod's key between issue and hand-over; root processes whose
+        # capabilities are not a subset of ours already cannot read our memory, and a
+        # non-dumpable process's /proc entries are root's alone.
+        sandbox.not_dumpable()
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         self.save()

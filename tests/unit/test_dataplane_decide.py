@@ -33,6 +33,12 @@ LOOP = "is a sidecar listener port; would loop"
         (OUT, OrigDst("10.252.0.2", 15006), CFG, Reject(f"original destination 10.252.0.2:15006 {LOOP}")),
         (IN, OrigDst("10.252.0.2", 15006), CFG, Reject(f"original destination 10.252.0.2:15006 {LOOP}")),
         (IN, OrigDst("10.252.0.2", 15001), CFG, Reject(f"original destination 10.252.0.2:15001 {LOOP}")),
+        # the admin port is the pod's own: refused from outside, an outbound call to another pod's
+        # admin port goes to that pod's sidecar, which refuses it there
+        (IN, OrigDst("10.252.0.2", 15000), CFG, Reject("original destination 10.252.0.2:15000 is the sidecar's "
+                                                        "admin port; only the pod may use it")),
+        (IN, OrigDst("127.0.0.1", 15000), TEST_CFG, Reject("original destination 127.0.0.1:15000 is the sidecar's "
+                                                           "admin port; only the pod may use it")),
         # the ports that count are the configured (or, in tests, actually bound) ones
         (OUT, OrigDst("127.0.0.1", 15001), TEST_CFG, Forward(OrigDst("127.0.0.1", 15001), None)),
         (OUT, OrigDst("127.0.0.1", 40001), TEST_CFG, Reject(f"original destination 127.0.0.1:40001 {LOOP}")),
