@@ -12,13 +12,14 @@ import yaml
 
 from meshns.cli.output import emit, table
 from meshns.compiler import compile_services, stored_docs
-from meshns.errors import NotFoundError, UserError
+from meshns.errors import NotFoundError, RegistryError, UserError
 from meshns.istio.parse import ConfigDoc, parse_documents
 from meshns.istio.render import to_json, to_yaml
 from meshns.mesh import Mesh
 from meshns.model import PodState
+from meshns.netns.crashpoints import crash_point
 from meshns.netns.publish import publish
-from meshns.registry import ConfigRow
+from meshns.registry import ConfigKey, ConfigRow
 
 KINDS = {
     "virtualservice": "VirtualService", "virtualservices": "VirtualService", "vs": "VirtualService",
@@ -45,11 +46,30 @@ def apply_file(mesh: Mesh, filename: str) -> tuple[list[ConfigDoc], list[str]]:
     if not result.docs:
         raise UserError(f"{filename}: no documents")
     rows = [ConfigRow(d.kind, d.namespace, d.name, json.dumps(d.raw)) for d in result.docs]
+    keys = [(r.kind, r.namespace, r.name) for r in rows]
+    before = mesh.registry.get_configs(keys)
     mesh.registry.put_configs(rows)
+    crash_point("apply:stored")
     known = {s.name for s in mesh.registry.list_services()}
     warnings = [*result.warnings, *missing_service_warnings(result.docs, known)]
-    warnings.extend(publish(mesh))
+    warnings.extend(_publish_or_restore(mesh, before, keys))
     return result.docs, warnings
+
+
+def _publish_or_restore(mesh: Mesh, before: list[ConfigRow], keys: list[ConfigKey]) -> list[str]:
+    """Publish a config change; if the pods cannot be given it (a full state directory), put the
+    documents back as they were so the command changed nothing. publish stages every snapshot
+    before renaming any, so a failed one left every pod with what it had."""
+    try:
+        return publish(mesh)
+    except RegistryError as exc:
+        had = {(r.kind, r.namespace, r.name) for r in before}
+        try:
+            mesh.registry.restore_configs(before, [k for k in keys if k not in had])
+        except RegistryError as undo_exc:
+            raise type(exc)(f"{exc}; and restoring the previous documents failed: {undo_exc} "
+                            "(the registry has the new ones: 'meshns gc' gives them to the pods)") from exc
+        raise type(exc)(f"{exc}; nothing was changed") from exc
 
 
 def missing_service_warnings(docs: list[ConfigDoc], known: set[str]) -> list[str]:
@@ -68,9 +88,11 @@ def missing_service_warnings(docs: list[ConfigDoc], known: set[str]) -> list[str
 def delete_file(mesh: Mesh, filename: str) -> list[tuple[str, str, bool]]:
     """Like kubectl delete -f: only kind, namespace and name of each document matter."""
     keys = document_keys(read_source(filename), filename)
-    out = [(kind, name, mesh.registry.delete_configs([(kind, ns, name)]) > 0) for kind, ns, name in keys]
-    publish(mesh)
-    return out
+    before = mesh.registry.get_configs(keys)
+    found = mesh.registry.remove_configs(keys)  # all in one transaction
+    crash_point("delete-f:removed")
+    _publish_or_restore(mesh, before, [])
+    return [(kind, name, gone) for (kind, _, name), gone in zip(keys, found, strict=True)]
 
 
 def document_keys(text: str, source: str) -> list[tuple[str, str, str]]:

@@ -41,9 +41,18 @@ class SystemFailure(MeshnsError):
 
 
 class RegistryError(MeshnsError):
-    """The registry could not be read or written (locked too long, disk full, corrupt)."""
+    """The state directory could not be read or written: the registry locked too long, a full or
+    read-only file system, a file that is not a registry. Nothing was changed (or it was rolled
+    back). One exit code for all of these because the remedy is the same kind: fix the host's
+    storage or wait for the other process, then retry; the message says which."""
 
     exit_code = 5
+
+
+class NoSpaceError(RegistryError):
+    """The state directory's file system is full (SQLite's SQLITE_FULL, or ENOSPC/EDQUOT on a
+    file write). Kept under exit code 5 with the other storage failures: a script that retries
+    after the operator fixed the storage need not tell them apart; the message does."""
 
 
 class ValidationFailed(SystemFailure):

@@ -16,6 +16,7 @@ from typing import Protocol
 from meshns.model import PodRecord, PodSpec, PodState, ServiceRecord
 
 Allocator = Callable[[set[IPv4Address]], IPv4Address]
+ConfigKey = tuple[str, str, str]  # kind, namespace, name
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,20 @@ class Registry(Protocol):
 
     def list_configs(self) -> list[ConfigRow]: ...
 
-    def delete_configs(self, keys: list[tuple[str, str, str]]) -> int: ...
+    def delete_configs(self, keys: list[ConfigKey]) -> int: ...
+
+    def remove_configs(self, keys: list[ConfigKey]) -> list[bool]:
+        """Delete the documents in one transaction; per key, whether it was there."""
+        ...
+
+    def get_configs(self, keys: list[ConfigKey]) -> list[ConfigRow]:
+        """The stored documents with these keys (missing ones are left out)."""
+        ...
+
+    def restore_configs(self, rows: list[ConfigRow], absent: list[ConfigKey]) -> None:
+        """Put documents back as they were (their own applied_at) and remove ``absent`` keys, in
+        one transaction: how apply and delete -f undo a change the pods could not be given."""
+        ...
 
     def revoke(self, identity: str) -> bool:
         """Add a SPIFFE ID to the revocation list; False if it was there already."""

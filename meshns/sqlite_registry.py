@@ -3,8 +3,10 @@
 Why SQLite: transactions and cross-process locking with no server. Writers take the database
 lock up front (BEGIN IMMEDIATE) so read-modify-write sequences such as address allocation are
 serialised between processes; a writer that finds the lock held waits up to ``busy_timeout_s``
-and then fails with a clear RegistryError instead of hanging. WAL mode lets ``list``/``status``
-read while a create is in progress.
+(MESHNS_REGISTRY_WAIT, see meshns.mesh) and then fails with a clear RegistryError instead of
+hanging. WAL mode lets ``list``/``status`` read while a create is in progress, and opening an
+existing registry writes nothing, so reads work while another process holds the write lock.
+Every sqlite3 error is mapped by meshns.statefs (locked, disk full, read-only, not a database).
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TypeVar
 
 from meshns.errors import ConflictError, RegistryError
 from meshns.model import PodRecord, PodSpec, PodState, ServiceRecord
-from meshns.registry import Allocator, ConfigRow
+from meshns.registry import Allocator, ConfigKey, ConfigRow
+from meshns.statefs import registry_error
 
 T = TypeVar("T")
 
@@ -57,55 +60,74 @@ CREATE TABLE IF NOT EXISTS revocations (
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '0');
 """
-
-
-def _map_error(exc: sqlite3.Error, path: Path, waited_s: float) -> RegistryError:
-    text = str(exc)
-    if "locked" in text or "busy" in text:
-        return RegistryError(f"registry {path} is locked by another process (waited {waited_s:.0f} s)")
-    if "disk" in text or "full" in text:
-        return RegistryError(f"registry {path}: the disk is full; nothing was changed")
-    return RegistryError(f"registry {path}: {text}")
+TABLES = ("meta", "pods", "services", "configs", "revocations")
 
 
 class SqliteRegistry:
     def __init__(self, path: Path, busy_timeout_s: float = 10.0) -> None:
         self.path = path
         self.busy_timeout_s = busy_timeout_s
+        self._began = time.monotonic()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(path), timeout=busy_timeout_s, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            # CREATE ... IF NOT EXISTS is idempotent, so concurrent first uses are harmless.
-            self._db.executescript(SCHEMA)
         except sqlite3.Error as exc:
-            raise _map_error(exc, path, busy_timeout_s) from exc
+            raise self._error(exc) from exc
         except OSError as exc:
             raise RegistryError(f"registry {path}: {exc.strerror or exc}") from exc
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            if not self._has_schema():
+                # CREATE ... IF NOT EXISTS is idempotent, so concurrent first uses are harmless.
+                # Skipped when the tables exist: the script's INSERT would need the write lock,
+                # and a read-only command must not wait for (or fail on) another writer.
+                self._began = time.monotonic()
+                self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise self._error(exc) from exc
+
+    def _has_schema(self) -> bool:
+        marks = ",".join("?" * len(TABLES))
+        row = self._db.execute(f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ({marks})",  # noqa: S608
+                               TABLES).fetchone()
+        return bool(row and row[0] == len(TABLES))
+
+    def _error(self, exc: sqlite3.Error) -> RegistryError:
+        return registry_error(exc, self.path, time.monotonic() - self._began)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        self._began = time.monotonic()  # how long BEGIN IMMEDIATE waited goes into a lock error
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise _map_error(exc, self.path, self.busy_timeout_s) from exc
+            raise self._error(exc) from exc
         try:
             yield self._db
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
         try:
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            self._db.execute("ROLLBACK")
-            raise _map_error(exc, self.path, self.busy_timeout_s) from exc
+            self._rollback()
+            raise self._error(exc) from exc
+
+    def _rollback(self) -> None:
+        # A failed COMMIT (disk full) may already have ended the transaction; the first error
+        # is the one to report, never "cannot rollback - no transaction is active".
+        if self._db.in_transaction:
+            with suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
 
     def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        self._began = time.monotonic()
         try:
             return list(self._db.execute(sql, args).fetchall())
         except sqlite3.Error as exc:
-            raise _map_error(exc, self.path, self.busy_timeout_s) from exc
+            raise self._error(exc) from exc
 
     def get_meta(self) -> dict[str, str]:
         return {str(k): str(v) for k, v in self._read("SELECT key, value FROM meta")
@@ -125,7 +147,7 @@ class SqliteRegistry:
             with self._write() as db:
                 return fn(db)
         except sqlite3.Error as exc:
-            raise _map_error(exc, self.path, self.busy_timeout_s) from exc
+            raise self._error(exc) from exc
 
     def set_meta_if_absent(self, values: dict[str, str]) -> dict[str, str]:
         try:
@@ -134,7 +156,7 @@ class SqliteRegistry:
                     "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", sorted(values.items())
                 )
         except sqlite3.Error as exc:
-            raise _map_error(exc, self.path, self.busy_timeout_s) from exc
+            raise self._error(exc) from exc
         return self.get_meta()
 
     def reserve_pod(
@@ -156,7 +178,7 @@ class SqliteRegistry:
         except sqlite3.IntegrityError as exc:
             raise ConflictError(f"pod {name!r} clashes with an existing pod: {exc}") from exc
         except sqlite3.Error as exc:
-            raise _map_error(exc, self.path, self.busy_timeout_s) from exc
+            raise self._error(exc) from exc
         return PodRecord(name, ip, netns, veth, PodState.CREATING, spec, owner_pid, now, now)
 
     def set_state(self, name: str, state: PodState, owner_pid: int | None) -> None:
@@ -168,7 +190,7 @@ class SqliteRegistry:
                 )
                 self._bump(db)
         except sqlite3.Error as exc:
-            raise _map_error(exc, self.path, self.busy_timeout_s) from exc
+            raise self._error(exc) from exc
 
     @staticmethod
     def _record(row: tuple[object, ...]) -> PodRecord:
@@ -196,7 +218,7 @@ class SqliteRegistry:
                 db.execute("DELETE FROM pods WHERE name = ?", (name,))
                 self._bump(db)
         except sqlite3.Error as exc:
-            raise _map_error(exc, self.path, self.busy_timeout_s) from exc
+            raise self._error(exc) from exc
 
     # -- services ----------------------------------------------------------------------------
     def ensure_service(self, name: str, ports: tuple[tuple[int, int], ...],
@@ -261,15 +283,37 @@ class SqliteRegistry:
         return [ConfigRow(str(k), str(ns), str(n), str(d), float(str(a))) for k, ns, n, d, a in self._read(
             "SELECT kind, namespace, name, doc, applied_at FROM configs ORDER BY applied_at, kind, name")]
 
-    def delete_configs(self, keys: list[tuple[str, str, str]]) -> int:
-        def txn(db: sqlite3.Connection) -> int:
-            n = sum(db.execute("DELETE FROM configs WHERE kind = ? AND namespace = ? AND name = ?",
-                               key).rowcount for key in keys)
-            if n:
+    def delete_configs(self, keys: list[ConfigKey]) -> int:
+        return sum(self.remove_configs(keys))
+
+    def remove_configs(self, keys: list[ConfigKey]) -> list[bool]:
+        def txn(db: sqlite3.Connection) -> list[bool]:
+            found = [db.execute("DELETE FROM configs WHERE kind = ? AND namespace = ? AND name = ?",
+                                key).rowcount > 0 for key in keys]
+            if any(found):
                 self._bump(db)
-            return n
+            return found
 
         return self._txn(txn)
+
+    def get_configs(self, keys: list[ConfigKey]) -> list[ConfigRow]:
+        rows = []
+        for key in keys:
+            rows += [ConfigRow(str(k), str(ns), str(n), str(d), float(str(a))) for k, ns, n, d, a in self._read(
+                "SELECT kind, namespace, name, doc, applied_at FROM configs WHERE kind = ? AND namespace = ?"
+                " AND name = ?", key)]
+        return rows
+
+    def restore_configs(self, rows: list[ConfigRow], absent: list[ConfigKey]) -> None:
+        def txn(db: sqlite3.Connection) -> None:
+            for key in absent:
+                db.execute("DELETE FROM configs WHERE kind = ? AND namespace = ? AND name = ?", key)
+            db.executemany("INSERT OR REPLACE INTO configs (kind, namespace, name, doc, applied_at)"
+                           " VALUES (?, ?, ?, ?, ?)", [(r.kind, r.namespace, r.name, r.doc, r.applied_at)
+                                                        for r in rows])
+            self._bump(db)
+
+        self._txn(txn)
 
     # -- revoked identities --------------------------------------------------------------------
     def revoke(self, identity: str) -> bool:

@@ -8,6 +8,9 @@ inode) when pods come and go, so a bind mount made earlier sees the new content.
 Which mesh owns a namespace is recorded in the state directory (``netns/<name>``), never in
 /etc/netns/<name>/: ``ip netns exec`` bind-mounts every file found there over /etc. gc only
 removes orphan namespaces that carry its own mark, never another mesh's or a user's.
+
+Write failures (a full or read-only file system) leave as RegistryError through
+meshns.statefs, naming which directory could not be written.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from meshns.statefs import state_writes
+
 ETC_NETNS = Path("/etc/netns")
+ETC_LABEL = "the file system of"
 
 RESOLV_CONF = (
     "# meshns pod: pods are found by name through /etc/hosts; there is no DNS server inside the pod.\n"
@@ -39,8 +45,18 @@ def netns_etc_dir(netns: str, root: Path = ETC_NETNS) -> Path:
 
 
 def write_in_place(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:  # O_TRUNC keeps the inode bind mounts point at
-        f.write(text)
+    """Rewrite keeping the inode bind mounts point at. The new text is written over the old and
+    the rest cut off afterwards (not truncated first): on a full file system the write fails with
+    the old entries still in place instead of leaving an empty hosts file behind."""
+    data = text.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
 
 
 def owner_mark(state_dir: Path, netns: str) -> Path:
@@ -49,23 +65,33 @@ def owner_mark(state_dir: Path, netns: str) -> Path:
 
 def prepare_pod_dir(netns: str, state_dir: Path, root: Path = ETC_NETNS) -> None:
     mark = owner_mark(state_dir, netns)
-    mark.parent.mkdir(parents=True, exist_ok=True)
-    mark.touch()
+    with state_writes(state_dir, f"marking namespace {netns} as this mesh's"):
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        mark.touch()
     d = netns_etc_dir(netns, root)
-    d.mkdir(parents=True, exist_ok=True)
-    write_in_place(d / "resolv.conf", RESOLV_CONF)
-    if not (d / "hosts").exists():
-        write_in_place(d / "hosts", render_hosts(()))
+    with state_writes(d, "writing the pod's hosts and resolv.conf", ETC_LABEL):
+        d.mkdir(parents=True, exist_ok=True)
+        write_in_place(d / "resolv.conf", RESOLV_CONF)
+        if not (d / "hosts").exists():
+            write_in_place(d / "hosts", render_hosts(()))
 
 
 def is_ours(state_dir: Path, netns: str) -> bool:
     return owner_mark(state_dir, netns).exists()
 
 
+def read_hosts(netns: str, root: Path = ETC_NETNS) -> str | None:
+    try:
+        return (netns_etc_dir(netns, root) / "hosts").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def write_hosts(netns: str, text: str, root: Path = ETC_NETNS) -> None:
     d = netns_etc_dir(netns, root)
     if d.is_dir():
-        write_in_place(d / "hosts", text)
+        with state_writes(d, "rewriting the pod's hosts file", ETC_LABEL):
+            write_in_place(d / "hosts", text)
 
 
 def remove_pod_files(netns: str, state_dir: Path, root: Path = ETC_NETNS) -> None:

@@ -6,7 +6,14 @@ What counts as left behind:
 - namespaces marked as this state directory's (<state>/netns/<ns>) with no row;
 - /etc/netns entries, pod directories, bridge ports and supervisor processes of this mesh
   with no row;
-- the bridge and its guard rules, once no pod is left.
+- the bridge and its guard rules, once no pod is left;
+- pods whose hosts file or snapshot lags behind the registry (a command killed between its
+  registry write and its publish: create after 'ready', delete after the row went, apply -f
+  after storing): everything is republished, so every pod sees what the registry says;
+- staged snapshot files (.snapshot.json.<pid>.tmp) of a publish that was killed.
+
+gc itself is idempotent and safe to kill: every step is re-done by the next run, so a second
+run right after a first always reports nothing to clean.
 
 Ready pods are left alone unless their namespace is gone (after a reboot); a ready pod whose
 supervisor died is reported (status shows it) and left to 'meshns delete'.
@@ -18,17 +25,41 @@ import os
 import shutil
 
 from meshns.mesh import Mesh
-from meshns.model import PodState
+from meshns.model import PodRecord, PodState
 from meshns.names import veth_host_name
-from meshns.netns import apply, files, hostguard, procs, supervisor
+from meshns.netns import apply, files, hostguard, procs, publish, supervisor
 from meshns.netns.child import netns_path
 from meshns.netns.lifecycle import remove_bridge, teardown
 
+# A process that started this long after the row was last written by its owner is not the owner
+# (its pid was reused): /proc gives start times to the clock tick, boot time to the second.
+START_SLACK_S = 2.0
 
-def _owner_running(pid: int | None) -> bool:
+
+def owner_may_be(process_started_at: float | None, row_written_at: float) -> bool:
+    """Whether a live process can be the command that wrote the row (pure): the owner writes
+    the row after it started, so a process started later only reuses the pid of a killed one."""
+    return process_started_at is None or process_started_at <= row_written_at + START_SLACK_S
+
+
+def _started_at(pid: int) -> float | None:
+    """Wall-clock start time of pid, from /proc (None: unknown)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat", encoding="ascii") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _owner_running(record: PodRecord) -> bool:
+    pid = record.owner_pid
     if pid is None or pid == os.getpid():
         return False
-    return procs.alive(pid) and any("meshns" in w for w in procs.cmdline(pid))
+    return (procs.alive(pid) and any("meshns" in w for w in procs.cmdline(pid))
+            and owner_may_be(_started_at(pid), record.updated_at))
 
 
 def gc(mesh: Mesh) -> list[str]:
@@ -44,7 +75,7 @@ def gc(mesh: Mesh) -> list[str]:
                 done.append(f"pod {record.name}: ready but its supervisor is not running "
                             "(left alone; 'meshns delete' removes it)")
             continue
-        if _owner_running(record.owner_pid):
+        if _owner_running(record):
             continue  # a create or delete is still at work
         teardown(mesh, record)
         done.append(f"removed half-made pod {record.name} (was {record.state.value})")
@@ -77,6 +108,8 @@ def gc(mesh: Mesh) -> list[str]:
             if entry not in known_pods:
                 shutil.rmtree(pods_dir / entry, ignore_errors=True)
                 done.append(f"removed orphan pod directory {pods_dir / entry}")
+            else:
+                done.extend(_remove_staged(pods_dir / entry))
     for pid in procs.find_processes(supervisor.SUPERVISOR_MODULE, state_dir):
         words = procs.cmdline(pid)
         pod = words[words.index("--pod") + 1] if "--pod" in words[:-1] else None
@@ -88,7 +121,22 @@ def gc(mesh: Mesh) -> list[str]:
         if not mesh.registry.list_pods() and (apply.link_exists(bridge) or hostguard.guard_installed(bridge)):
             remove_bridge(mesh)
             done.append(f"removed bridge {bridge} and its guard rules (no pods left)")
+    behind = publish.stale(mesh)
+    if behind:
+        publish.publish(mesh)
+        done.append(f"republished hosts files and snapshots (out of date in: {', '.join(behind)})")
     return done
+
+
+def _remove_staged(pod_dir: os.PathLike[str]) -> list[str]:
+    """Temporary snapshot files of a publish that was killed before it renamed them."""
+    out = []
+    for name in sorted(os.listdir(pod_dir)):
+        parts = name.split(".")  # .snapshot.json.<pid>.tmp -> ['', 'snapshot', 'json', pid, 'tmp']
+        if name.startswith(".") and parts[-1] == "tmp" and parts[-2].isdigit() and not procs.alive(int(parts[-2])):
+            os.unlink(os.path.join(pod_dir, name))
+            out.append(f"removed unfinished {os.path.join(pod_dir, name)}")
+    return out
 
 
 def _supervisor_alive(mesh: Mesh, pod: str) -> bool:

@@ -4,11 +4,16 @@ create, step by step (the registry row comes first, so gc can always find what a
 create left behind, and every later step is undone by the same idempotent teardown):
 
     1. reserve the row (state creating, owner = this pid) and an address   [registry txn]
-    2. make sure the bridge and the host forward guard exist               [mesh lock]
-    3. mark /etc/netns/<netns> as ours, create namespace + veth, configure the pod side
-    4. the init step: apply the interception rules in the pod, read them back, compare to plan
-    5. start the supervisor: sidecar, validation probes, then the app
-    6. mark the row ready
+    2. make sure the bridge and the host forward guard exist, reserve the service VIPs [mesh lock]
+    3. mark the namespace as ours, write /etc/netns/<netns> and the pod's config files (before
+       any kernel change: a full state directory fails here, with nothing to undo in the kernel)
+    4. create namespace + veth, configure the pod side
+    5. the init step: apply the interception rules in the pod, read them back, compare to plan
+    6. publish hosts entries and snapshots, start the supervisor: sidecar, validation probes, app
+    7. mark the row ready (the point of no return), publish the pod as a service endpoint
+
+Each step boundary has a crash point (netns/crashpoints.py, a test hook): the crash tests kill
+meshns right after every step and check that gc cleans up.
 """
 
 from __future__ import annotations
@@ -25,7 +30,15 @@ from ipaddress import IPv4Address
 
 from meshns.compiler import identity_of
 from meshns.config import MeshConfig
-from meshns.errors import ConflictError, MeshnsError, NotFoundError, SystemFailure, UserError
+from meshns.errors import (
+    ConflictError,
+    MeshnsError,
+    NoSpaceError,
+    NotFoundError,
+    RegistryError,
+    SystemFailure,
+    UserError,
+)
 from meshns.intercept.apply import apply_in_netns, read_installed_in_netns
 from meshns.intercept.plan import RulePlan, plan_rules
 from meshns.intercept.render import render_save
@@ -35,9 +48,11 @@ from meshns.model import PodRecord, PodSpec, PodState
 from meshns.mtls.ca import CertAuthority
 from meshns.names import netns_name, validate_pod_name, veth_host_name
 from meshns.netns import apply, files, hostguard, ipam, procs, supervisor, validate
-from meshns.netns.plan import PodNetPlan, plan_pod_network, render_plan
+from meshns.netns.crashpoints import crash_point
+from meshns.netns.plan import ConfigurePod, CreateNetns, CreateVethPair, PodNetPlan, plan_pod_network, render_plan
 from meshns.netns.publish import publish
 from meshns.ports import METRICS_PORT
+from meshns.statefs import state_writes
 
 ENDPOINT_REMOVAL_GRACE_S = 0.6
 
@@ -91,61 +106,109 @@ def create(mesh: Mesh, name: str, spec: PodSpec, ready_timeout_s: float = 10.0) 
         record = mesh.registry.reserve_pod(
             name, ns, veth, spec, os.getpid(), lambda used: ipam.allocate(mesh.cfg.pod_cidr, used)
         )
-        try:
+    crash_point("create:row-reserved")
+    # From here on the row exists, so a teardown of another pod (which checks for rows under the
+    # mesh lock) cannot remove the bridge under us, and any failure is undone by teardown.
+    try:
+        with mesh.locked():
             apply.ensure_bridge(mesh.cfg.bridge, ipam.gateway_interface(mesh.cfg.pod_cidr))
+            crash_point("create:bridge-ready")
             hostguard.ensure_guard(mesh.cfg.bridge)
+            crash_point("create:guard-installed")
+
             def vip(used: set[IPv4Address]) -> IPv4Address:
                 return ipam.allocate(mesh.cfg.service_cidr, used)
 
             for svc, ports in _service_ports(spec).items():
                 mesh.registry.ensure_service(svc, ports, vip)
-        except BaseException:
-            mesh.registry.remove_pod(name)
-            raise
-    try:
+            crash_point("create:services-reserved")
         net = plan_pod_network(mesh.cfg, name, record.ip, ns, veth)
         state = _build(mesh, record, net, rules, ready_timeout_s)
         if spec.app:
             targets = tuple(sorted({d.target_port for d in spec.services}))
             validate.wait_app_serving(record.netns, record.ip, targets, ready_timeout_s)
+        crash_point("create:app-serving")
         mesh.registry.set_state(name, PodState.READY, None)
+        crash_point("create:marked-ready")
         publish(mesh)  # the new pod becomes an endpoint of its services everywhere
+        crash_point("create:published")
     except BaseException as exc:
-        try:
-            teardown(mesh, record)
-        except MeshnsError as cleanup_exc:
-            raise SystemFailure(f"{exc}; and rollback failed: {cleanup_exc} (run meshns gc)") from exc
+        _roll_back(mesh, record, exc)
         raise
     ready = mesh.registry.get_pod(name)
     assert ready is not None
     return CreateResult(ready, time.monotonic() - started, state)
 
 
+def _roll_back(mesh: Mesh, record: PodRecord, exc: BaseException) -> None:
+    """Undo a failed create; a rollback that fails too is reported with the first error.
+    Storage trouble (a full disk) keeps the first error's class and exit code."""
+    try:
+        remaining = teardown(mesh, record)
+    except MeshnsError as cleanup_exc:
+        message = f"{exc}; and rollback failed: {cleanup_exc} (run meshns gc)"
+        if isinstance(exc, RegistryError) and isinstance(cleanup_exc, RegistryError):
+            raise type(exc)(message) from exc
+        raise SystemFailure(message) from exc
+    if not remaining:
+        return
+    try:
+        publish(mesh)
+    except MeshnsError as publish_exc:
+        # Everything of the pod is gone; only the other pods' views could not be rewritten
+        # (the same full disk, usually). gc rewrites them once the cause is fixed.
+        if isinstance(exc, NoSpaceError) and isinstance(publish_exc, NoSpaceError):
+            raise NoSpaceError(f"{exc}; the pod was rolled back ('meshns gc' rewrites the other pods' "
+                               "snapshots once there is space)") from exc
+        message = (f"{exc}; the pod was rolled back, but the other pods' hosts files and snapshots could not "
+                   f"be rewritten ({publish_exc}): 'meshns gc' does it once that is fixed")
+        if isinstance(exc, RegistryError) and isinstance(publish_exc, RegistryError):
+            raise type(exc)(message) from exc
+        raise SystemFailure(message) from exc
+
+
 def _build(mesh: Mesh, record: PodRecord, net: PodNetPlan, rules: RulePlan,
            ready_timeout_s: float) -> dict[str, object]:
     files.prepare_pod_dir(record.netns, mesh.cfg.state_dir)
-    apply.apply_plan(net)
+    crash_point("create:pod-files-marked")
+    _write_pod_config(mesh, record, ready_timeout_s)
+    crash_point("create:pod-config-written")
+    for step in net.steps:  # one at a time, for a crash point after each (the bridge was ensured before)
+        apply.apply_plan(PodNetPlan(net.pod, (step,)))
+        match step:
+            case CreateNetns():
+                crash_point("create:netns-added")
+            case CreateVethPair():
+                crash_point("create:veth-added")
+            case ConfigurePod():
+                crash_point("create:pod-addressed")
     apply_in_netns(record.netns, rules)
     installed = read_installed_in_netns(record.netns)
     if installed != render_save(rules):
         raise SystemFailure("interception rules read back from the kernel differ from the plan")
-    pod_dir = mesh.cfg.pod_dir(record.name)
-    pod_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-    # The mesh CA is made on first use; the supervisor issues the pod's certificate from it.
-    authority = CertAuthority.ensure(mesh.cfg.ca_dir)
-    identity = {"ca_dir": str(mesh.cfg.ca_dir), "spiffe": identity_of(record, authority.trust_domain),
-                "ttl_s": record.spec.cert_ttl_s}
-    _write_json(pod_dir / "sidecar.json", {"pod": record.name, "pod_ip": str(record.ip),
-                                           "http_parser": record.spec.http_parser,
-                                           "drain_timeout_s": record.spec.drain_timeout_s,
-                                           "metrics_port": METRICS_PORT})
-    _write_json(pod_dir / "supervisor.json", {
-        "pod": record.name, "netns": record.netns, "pod_ip": str(record.ip),
-        "gateway": str(ipam.gateway(mesh.cfg.pod_cidr)), "app": list(record.spec.app),
-        "ready_timeout_s": ready_timeout_s, "identity": identity,
-    })
+    crash_point("create:rules-applied")
     publish(mesh)  # hosts entries and the first snapshot, before the sidecar starts
+    crash_point("create:first-published")
     return _start_supervisor(mesh, record, ready_timeout_s + 5.0)
+
+
+def _write_pod_config(mesh: Mesh, record: PodRecord, ready_timeout_s: float) -> None:
+    pod_dir = mesh.cfg.pod_dir(record.name)
+    with state_writes(mesh.cfg.state_dir, f"writing pods/{record.name}"):
+        pod_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        # The mesh CA is made on first use; the supervisor issues the pod's certificate from it.
+        authority = CertAuthority.ensure(mesh.cfg.ca_dir)
+        identity = {"ca_dir": str(mesh.cfg.ca_dir), "spiffe": identity_of(record, authority.trust_domain),
+                    "ttl_s": record.spec.cert_ttl_s}
+        _write_json(pod_dir / "sidecar.json", {"pod": record.name, "pod_ip": str(record.ip),
+                                               "http_parser": record.spec.http_parser,
+                                               "drain_timeout_s": record.spec.drain_timeout_s,
+                                               "metrics_port": METRICS_PORT})
+        _write_json(pod_dir / "supervisor.json", {
+            "pod": record.name, "netns": record.netns, "pod_ip": str(record.ip),
+            "gateway": str(ipam.gateway(mesh.cfg.pod_cidr)), "app": list(record.spec.app),
+            "ready_timeout_s": ready_timeout_s, "identity": identity,
+        })
 
 
 def _write_json(path: os.PathLike[str], data: dict[str, object]) -> None:
@@ -156,16 +219,19 @@ def _write_json(path: os.PathLike[str], data: dict[str, object]) -> None:
 
 def _start_supervisor(mesh: Mesh, record: PodRecord, wait_s: float) -> dict[str, object]:
     pod_dir = mesh.cfg.pod_dir(record.name)
-    with open(pod_dir / "pod.log", "ab") as log:
+    with state_writes(mesh.cfg.state_dir, f"opening pods/{record.name}/pod.log"), \
+            open(pod_dir / "pod.log", "ab") as log:
         proc = subprocess.Popen(
             supervisor.command(mesh.cfg.state_dir, record.name),
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
         )
+    crash_point("create:supervisor-started")
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         state = read_state(mesh, record.name)
         phase = state.get("phase")
         if phase == "running":
+            crash_point("create:supervisor-running")
             return state
         if phase == "failed":
             raise SystemFailure(f"pod {record.name}: {state.get('error')} (log: {pod_dir / 'pod.log'})")
@@ -203,12 +269,27 @@ def delete(mesh: Mesh, name: str) -> None:
     if record is None:
         raise NotFoundError(f"pod {name!r} does not exist")
     mesh.registry.set_state(name, PodState.DELETING, os.getpid())
+    crash_point("delete:marked-deleting")
     if record.spec.services and record.state == PodState.READY:
         # Take the pod out of its services first and give every sidecar time to load that
         # (they poll every 0.2 s), so no new request is sent to an app that is stopping.
-        publish(mesh)
-        time.sleep(ENDPOINT_REMOVAL_GRACE_S)
-    teardown(mesh, record)
+        try:
+            publish(mesh)
+        except NoSpaceError:
+            # Deleting pods is how an operator frees a full state directory: go on without the
+            # grace period (the clients' retries and outlier detection cover the gap); the
+            # republish after teardown, with the pod's files gone, has room again.
+            pass
+        else:
+            time.sleep(ENDPOINT_REMOVAL_GRACE_S)
+        crash_point("delete:unpublished")
+    if teardown(mesh, record):
+        try:
+            publish(mesh)  # the other pods forget it
+        except RegistryError as exc:
+            raise type(exc)(f"{exc}; pod {name} is removed, but the other pods list it until "
+                            "'meshns gc' republishes") from exc
+        crash_point("delete:republished")
 
 
 def stop_supervisors(mesh: Mesh, pod: str,
@@ -224,23 +305,33 @@ def stop_supervisors(mesh: Mesh, pod: str,
     procs.terminate(pids, 0.0)
 
 
-def teardown(mesh: Mesh, record: PodRecord) -> None:
-    """Remove everything a pod has, in any state of completion. Idempotent."""
+def teardown(mesh: Mesh, record: PodRecord) -> bool:
+    """Remove everything a pod has, in any state of completion. Idempotent. Returns whether
+    other pods remain: their hosts files and snapshots then still name this pod, and the caller
+    republishes (gc once for all the pods it removed)."""
     stop_supervisors(mesh, record.name, record.spec.drain_timeout_s)
+    crash_point("delete:supervisor-stopped")
     # Whatever still runs in the namespace (children the app forked, exec'd shells) goes too:
     # a process left inside would keep the namespace and its veth alive.
     procs.terminate(procs.pids_in_netns(record.netns), 2.0)
+    crash_point("delete:pod-processes-stopped")
     apply.delete_link(record.veth)
+    crash_point("delete:veth-removed")
     apply.delete_netns(record.netns)
+    crash_point("delete:netns-removed")
     files.remove_pod_files(record.netns, mesh.cfg.state_dir)
+    crash_point("delete:pod-files-removed")
     shutil.rmtree(mesh.cfg.pod_dir(record.name), ignore_errors=True)
+    crash_point("delete:pod-dir-removed")
+    # The row goes last: until then gc finds the pod by it and finishes this teardown.
     with mesh.locked():
         mesh.registry.remove_pod(record.name)
+        crash_point("delete:row-removed")
         remaining = mesh.registry.list_pods()
         if not remaining:
             remove_bridge(mesh)
-    if remaining:
-        publish(mesh)
+            crash_point("delete:bridge-removed")
+    return bool(remaining)
 
 
 def remove_bridge(mesh: Mesh) -> None:

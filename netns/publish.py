@@ -4,27 +4,53 @@ Runs under the mesh lock so two writers cannot interleave an older view after a 
 Snapshots are written to a temporary name and renamed, so a sidecar never reads half a file;
 hosts files are rewritten in place (see netns.files) because running programs hold a bind
 mount of them.
+
+All snapshots are staged before any is renamed into place: on a full state directory the
+staging fails, the temporary files are removed, and every pod keeps the snapshot it had (no mix
+of old and new views across pods). ``stale`` tells gc whether a killed command left the pods
+behind the registry (a snapshot older than the registry's generation, a hosts file that differs
+from what the registry says), so gc can republish.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from meshns.compiler import compile_services, pod_security, security_for, snapshot_for, stored_docs, workloads_of
 from meshns.mesh import Mesh
+from meshns.model import PodRecord, PodState, ServiceRecord
 from meshns.mtls.ca import CertAuthority
 from meshns.netns import files
+from meshns.statefs import state_writes
 
 SNAPSHOT_FILE = "snapshot.json"
 
 
-def write_atomic(path: Path, text: str) -> None:
+def _stage(path: Path, text: str) -> Path:
+    """Write ``text`` next to ``path`` under a temporary name; nothing is left behind on failure."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return tmp
+
+
+def hosts_text(pods: list[PodRecord], services: list[ServiceRecord]) -> str:
+    # A service and a pod may share a name (pod "web" serving service "web"). The service wins,
+    # as in Kubernetes, where a name is a Service: with both lines, glibc answers with the first,
+    # and callers would reach the pod directly, missing routes, balancing and retries.
+    taken = {s.name for s in services}
+    return files.render_hosts([(p.name, p.ip) for p in pods if p.name not in taken]
+                              + [(s.name, s.vip) for s in services])
 
 
 def publish(mesh: Mesh) -> list[str]:
@@ -41,12 +67,65 @@ def publish(mesh: Mesh) -> list[str]:
         revoked = reg.list_revoked()
         compiled, warnings = compile_services(services, pods, docs, sec)
         workloads = workloads_of(pods, sec)
-        hosts = files.render_hosts([(p.name, p.ip) for p in pods] + [(s.name, s.vip) for s in services])
-        for pod in pods:
-            files.write_hosts(pod.netns, hosts)
-            pod_dir = mesh.cfg.pod_dir(pod.name)
-            if pod_dir.is_dir():
-                snap = snapshot_for(pod.name, generation, compiled, workloads,
-                                    security_for(pod.name, sec, trust_domain, revoked))
-                write_atomic(pod_dir / SNAPSHOT_FILE, snap.to_json())
+        staged: list[tuple[Path, Path]] = []
+        try:
+            with state_writes(mesh.cfg.state_dir, "writing the pods' snapshots"):
+                for pod in pods:
+                    pod_dir = mesh.cfg.pod_dir(pod.name)
+                    if pod_dir.is_dir():
+                        snap = snapshot_for(pod.name, generation, compiled, workloads,
+                                            security_for(pod.name, sec, trust_domain, revoked))
+                        path = pod_dir / SNAPSHOT_FILE
+                        staged.append((_stage(path, snap.to_json()), path))
+            hosts = hosts_text(pods, services)
+            for pod in pods:
+                files.write_hosts(pod.netns, hosts)
+        except BaseException:
+            for tmp, _ in staged:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            raise
+        for tmp, path in staged:
+            os.replace(tmp, path)
     return warnings
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What a pod was last given, as read back from its files (None: no such file)."""
+
+    name: str
+    ready: bool
+    snapshot_version: int | None
+    hosts: str | None
+
+
+def stale_pods(views: list[PodView], generation: int, hosts: str) -> list[str]:
+    """Pods whose files lag behind the registry (pure). A pod still being created may have no
+    files yet; a ready pod must have both."""
+    out = []
+    for v in views:
+        behind = v.snapshot_version is not None and v.snapshot_version != generation
+        wrong_hosts = v.hosts is not None and v.hosts != hosts
+        missing = v.ready and (v.snapshot_version is None or v.hosts is None)
+        if behind or wrong_hosts or missing:
+            out.append(v.name)
+    return out
+
+
+def stale(mesh: Mesh) -> list[str]:
+    """Names of the pods whose hosts file or snapshot is not what publish would write now."""
+    reg = mesh.registry
+    generation = reg.generation()
+    pods = reg.list_pods()
+    views = [PodView(p.name, p.state == PodState.READY, _snapshot_version(mesh.cfg.pod_dir(p.name)),
+                     files.read_hosts(p.netns)) for p in pods]
+    return stale_pods(views, generation, hosts_text(pods, reg.list_services()))
+
+
+def _snapshot_version(pod_dir: Path) -> int | None:
+    try:
+        version = json.loads((pod_dir / SNAPSHOT_FILE).read_text(encoding="utf-8")).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return version if isinstance(version, int) else None

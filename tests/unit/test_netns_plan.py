@@ -42,3 +42,16 @@ def test_hosts_lists_every_pod_sorted() -> None:
     lines = text.splitlines()
     assert "127.0.0.1\tlocalhost" in lines
     assert lines.index("10.0.0.2\tclient") < lines.index("10.0.0.3\tweb")
+
+
+def test_a_service_named_like_a_pod_wins_the_name() -> None:
+    from meshns.model import PodRecord, PodSpec, PodState, ServiceRecord
+    from meshns.netns.publish import hosts_text
+
+    def pod(name: str, ip: str) -> PodRecord:
+        return PodRecord(name, IPv4Address(ip), f"meshns-{name}", "v", PodState.READY, PodSpec(), None, 0.0, 0.0)
+
+    text = hosts_text([pod("web", "10.0.0.3"), pod("client", "10.0.0.2")],
+                      [ServiceRecord("web", IPv4Address("10.1.0.9"), ((80, 80),), 0.0)])
+    assert [ln for ln in text.splitlines() if not ln.startswith("#")] == [
+        "127.0.0.1\tlocalhost", "10.0.0.2\tclient", "10.1.0.9\tweb"]
