@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import click
@@ -21,6 +22,26 @@ from meshns.netns import lifecycle, sandbox, status
 
 OUTPUT = click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table",
                       show_default=True, help="Output format.")
+
+
+class Size(click.ParamType):  # type: ignore[type-arg]
+    """A byte count for ``create --max-request-body``: plain bytes, or K, M, G (binary multiples,
+    also written KiB, MB...)."""
+
+    name = "size"
+    _FORM = re.compile(r"(\d+)\s*([KMG]?)(?:I?B)?", re.IGNORECASE)
+    _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        m = self._FORM.fullmatch(str(value).strip())
+        if m is None:
+            self.fail(f"{value!r} is not a size (bytes, or a number with K, M or G)", param, ctx)
+        return int(m.group(1)) * self._UNITS[m.group(2).upper()]
+
+
+SIZE = Size()
 
 
 def _mesh(ctx: click.Context, *, record: bool = False) -> Mesh:
@@ -60,6 +81,11 @@ def cli(ctx: click.Context, state_dir: str | None, bridge: str | None, pod_cidr:
               help="The sidecar's HTTP/1 parser: httptools (llhttp) is the fast path, h11 the reference.")
 @click.option("--drain-timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
               help="On delete, seconds the sidecar lets in-flight requests finish (after the app stopped).")
+@click.option("--max-request-body", "max_request_body", type=SIZE, default="0", show_default=True, metavar="SIZE",
+              help="Refuse HTTP/1 request bodies larger than SIZE bytes with 413 (K/M/G suffixes; 0: no limit).")
+@click.option("--request-headers-timeout", default=10.0, show_default=True,
+              type=click.FloatRange(min=0.0, min_open=True), metavar="SECONDS",
+              help="Refuse an HTTP/1 request whose head is not complete this long after its first byte (408).")
 @click.option("--namespace", "namespace", default="default", show_default=True,
               help="Namespace of the pod's identity (spiffe://<trust-domain>/ns/NAMESPACE/sa/<account>).")
 @click.option("--service-account", default="", help="Service account of the pod's identity [default: the pod's name].")
@@ -70,7 +96,8 @@ def cli(ctx: click.Context, state_dir: str | None, bridge: str | None, pod_cidr:
 def create(ctx: click.Context, name: str, app: tuple[str, ...], exclude_outbound_ports: str,
            exclude_inbound_ports: str, exclude_outbound_cidrs: str, ready_timeout: float,
            services: tuple[str, ...], labels: tuple[str, ...], http_parser: str, drain_timeout: float,
-           namespace: str, service_account: str, cert_ttl: float | None, dry_run: bool) -> None:
+           max_request_body: int, request_headers_timeout: float, namespace: str, service_account: str,
+           cert_ttl: float | None, dry_run: bool) -> None:
     """Create pod NAME (optionally running APP inside it: create NAME -- CMD ARGS...)."""
     spec = PodSpec(
         app=tuple(app),
@@ -78,6 +105,8 @@ def create(ctx: click.Context, name: str, app: tuple[str, ...], exclude_outbound
         labels=tuple(sorted(dict(parse_label(x) for x in labels).items())),
         http_parser=http_parser,
         drain_timeout_s=drain_timeout,
+        max_request_body_bytes=max_request_body,
+        request_headers_timeout_s=request_headers_timeout,
         exclude_outbound_ports=parse_port_list(exclude_outbound_ports),
         exclude_inbound_ports=parse_port_list(exclude_inbound_ports),
         exclude_outbound_cidrs=parse_cidr_list(exclude_outbound_cidrs),

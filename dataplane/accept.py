@@ -195,6 +195,8 @@ class InboundAcceptor:
         try:
             await stream.handshake(self.handshake_timeout_s)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            # Garbage after 0x16, a truncated ClientHello (then a close, or silence until the
+            # timeout), no or a foreign certificate: counted, logged, reset.
             self.stats.tls_handshake_failures += 1
             log.warning("mTLS handshake with %s failed: %s", source, handshake_failure(exc))
             stream.abort()

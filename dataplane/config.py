@@ -64,6 +64,12 @@ class SidecarConfig:
     # bytes. A meshed client sends its ClientHello at once; only a plaintext client of a
     # server-first protocol waits this long, then is served as plaintext (PERMISSIVE).
     inbound_peek_timeout_s: float = 1.0
+    # HTTP/1 requests (both listeners): a body larger than this is refused with 413 (0: no limit,
+    # Envoy's default, which streams bodies of any size); a request head not complete this long
+    # after its first byte is refused with 408 (Envoy's request_headers_timeout; a keep-alive
+    # connection idle between requests is governed by idle_timeout_s instead).
+    max_request_body_bytes: int = 0
+    request_headers_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         _check_semantics(self)
@@ -90,6 +96,8 @@ _FIELD_TYPES: Final[dict[str, type]] = {
     "tls_handshake_timeout_s": float,
     "inbound_peek_timeout_s": float,
     "access_log": str,
+    "max_request_body_bytes": int,
+    "request_headers_timeout_s": float,
 }
 _REQUIRED: Final = frozenset({"pod", "pod_ip"})
 
@@ -129,10 +137,13 @@ def _check_semantics(cfg: SidecarConfig) -> None:
     if cfg.outbound_port and cfg.outbound_port == cfg.inbound_port:
         raise UserError("sidecar config: outbound_port and inbound_port must differ")
     for key in ("connect_timeout_s", "idle_timeout_s", "drain_timeout_s", "tls_handshake_timeout_s",
-                "inbound_peek_timeout_s"):
+                "inbound_peek_timeout_s", "request_headers_timeout_s"):
         value = getattr(cfg, key)
         if not 0 < value < float("inf"):  # also rejects NaN
             raise UserError(f"sidecar config: {key} must be a positive finite number, got {value}")
+    if cfg.max_request_body_bytes < 0:
+        raise UserError(f"sidecar config: max_request_body_bytes must be 0 (no limit) or more, "
+                        f"got {cfg.max_request_body_bytes}")
     if cfg.http_parser not in HTTP_PARSERS:
         raise UserError(f"sidecar config: http_parser must be one of {', '.join(HTTP_PARSERS)}")
     if cfg.snapshot_dir_fd < -1:

@@ -170,11 +170,32 @@ class HealthCollector:
                                 value=h.connections_active)
 
 
+class RefusalCollector:
+    """``meshns_http_bad_requests_total{listener,code}``: requests the sidecar refused itself
+    (malformed, too large, too slow), per HTTP/1 listener and status. Plain ints bumped by the
+    refusal path (``http1.refuse``), turned into a counter family at scrape time."""
+
+    def __init__(self, counts: dict[tuple[str, int], int]) -> None:
+        self.counts = counts
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        fam = CounterMetricFamily("meshns_http_bad_requests", "Requests refused by the sidecar, per status.",
+                                  labels=["listener", "code"])
+        for (listener, code), n in sorted(self.counts.items()):
+            fam.add_metric([listener, str(code)], n)
+        yield fam
+
+
 class Metrics:
     def __init__(self, health: Callable[[], Health] | None = None, *, process: bool = True) -> None:
         r = self.registry = CollectorRegistry(auto_describe=False)
         self._http: dict[HttpLabels, HttpSeries] = {}
         r.register(HttpCollector(self._http))
+        self._refused: dict[tuple[str, int], int] = {}
+        r.register(RefusalCollector(self._refused))
         self.tcp_sent = Counter("istio_tcp_sent_bytes", "Bytes sent to the client (TCP).",
                                 TCP_LABELS, registry=r)
         self.tcp_received = Counter("istio_tcp_received_bytes", "Bytes received from the client (TCP).",
@@ -210,6 +231,10 @@ class Metrics:
         s.request_bytes_sum += request_bytes
         s.response_bytes[_bisect(BYTES_BUCKETS, response_bytes)] += 1
         s.response_bytes_sum += response_bytes
+
+    def bad_request(self, listener: str, code: int) -> None:
+        key = (listener, code)
+        self._refused[key] = self._refused.get(key, 0) + 1
 
     def tcp_children(self, labels: TcpLabels) -> TcpChildren:
         ch = self._tcp.get(labels)

@@ -7,6 +7,9 @@ attribute add is the cheapest thing Python can do. The metrics layer maps them a
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Final
+
+REFUSAL_COUNTERS: Final = frozenset({"http_400", "http_408", "http_413", "http_414", "http_431", "http_501"})
 
 
 @dataclass(slots=True)
@@ -34,11 +37,21 @@ class Stats:
     idle_timeouts: int = 0
     # Connections ended by the peer with an error (reset, broken pipe) rather than a clean close.
     peer_errors: int = 0
-    # HTTP/1 connections to services (dataplane.http1): requests seen, malformed requests refused
-    # (400/431/501), responses the sidecar made itself (404 NR, 503 UO/UH/URX..., 504 UT, faults).
+    # HTTP/1 connections to services (dataplane.http1): requests seen, requests refused (all
+    # causes, then per status below), responses the sidecar made itself (404 NR, 503 UO/UH/URX...,
+    # 504 UT, faults, and the refusals of a request already under way).
     http_requests: int = 0
     http_bad_requests: int = 0
     http_local_replies: int = 0
+    # Refusals per status: malformed (400), head not complete within request_headers_timeout_s
+    # (408), body over max_request_body_bytes (413), request line too long (414), head too large
+    # or too many headers (431), a Transfer-Encoding other than chunked (501).
+    http_400: int = 0
+    http_408: int = 0
+    http_413: int = 0
+    http_414: int = 0
+    http_431: int = 0
+    http_501: int = 0
     # mTLS: connections dialled with TLS, refused for the wrong peer identity (secure naming);
     # inbound connections terminated, handshakes that failed (no/expired/foreign certificate,
     # garbage, timeout), verified peers refused (revoked), plaintext refused under STRICT.
@@ -57,6 +70,13 @@ class Stats:
     h2_connections: int = 0
     h2_floods: int = 0
     h2_protocol_errors: int = 0
+
+    def count_refusal(self, status: int) -> None:
+        """One refused request, per status; a status outside the set is counted as a 400."""
+        name = f"http_{status}"
+        if name not in REFUSAL_COUNTERS:
+            name = "http_400"
+        setattr(self, name, getattr(self, name) + 1)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -145,6 +145,9 @@ class TlsStream(asyncio.Protocol):
             async with asyncio.timeout(timeout_s):
                 await asyncio.shield(self.done)
         except TimeoutError:
+            # The abort settles ``done`` with a reset nobody awaits any more: mark it retrieved,
+            # or asyncio logs "Future exception was never retrieved" for every timed-out peer.
+            self.done.add_done_callback(_retrieved)
             if self.raw is not None:
                 self.raw.abort()
             raise
@@ -245,3 +248,8 @@ class TlsStream(asyncio.Protocol):
 
     def get_protocol(self) -> asyncio.BaseProtocol | None:
         return self.app
+
+
+def _retrieved(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()

@@ -47,6 +47,10 @@ class PodSpec:
     namespace: str = "default"
     service_account: str = ""
     cert_ttl_s: float | None = None  # workload certificate lifetime; None: the CA's default (24 h)
+    # The sidecar's HTTP/1 limits: request bodies over this get 413 (0: no limit), a request head
+    # not complete this long after its first byte gets 408.
+    max_request_body_bytes: int = 0
+    request_headers_timeout_s: float = 10.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -67,6 +71,8 @@ class PodSpec:
             namespace=str(raw.get("namespace", "default")),
             service_account=str(raw.get("service_account", "")),
             cert_ttl_s=None if raw.get("cert_ttl_s") is None else float(raw["cert_ttl_s"]),
+            max_request_body_bytes=int(raw.get("max_request_body_bytes", 0)),  # absent in older rows
+            request_headers_timeout_s=float(raw.get("request_headers_timeout_s", 10.0)),
         )
 
 

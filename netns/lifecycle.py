@@ -203,6 +203,8 @@ def _write_pod_config(mesh: Mesh, record: PodRecord, ready_timeout_s: float) -> 
         _write_json(pod_dir / "sidecar.json", {"pod": record.name, "pod_ip": str(record.ip),
                                                "http_parser": record.spec.http_parser,
                                                "drain_timeout_s": record.spec.drain_timeout_s,
+                                               "max_request_body_bytes": record.spec.max_request_body_bytes,
+                                               "request_headers_timeout_s": record.spec.request_headers_timeout_s,
                                                "metrics_port": METRICS_PORT})
         _write_json(pod_dir / "supervisor.json", {
             "pod": record.name, "netns": record.netns, "pod_ip": str(record.ip),

@@ -22,26 +22,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from typing import Final, cast
+from typing import cast
 
-from meshns.dataplane.http1.client_conn import ClientConnection
+from meshns.dataplane.http1.client_conn import PAUSE_OPAQUE, PAUSE_PIPELINE, PAUSE_UPGRADE, ClientConnection
 from meshns.dataplane.http1.context import HttpContext
 from meshns.dataplane.http1.flow import RequestFlow
-from meshns.dataplane.http1.head import ParseError, RequestHead, local_response
+from meshns.dataplane.http1.head import ParseError, RequestHead
 from meshns.dataplane.http1.parser import RequestParser
 from meshns.dataplane.http1.pipe import Pipe
 from meshns.dataplane.http1.upstream import ConnectFailed, ServicePool, UpstreamConn
+from meshns.dataplane.labels import UNKNOWN
 from meshns.dataplane.metrics import TcpObs
 from meshns.dataplane.observe import NULL_TCP, peername_of
 from meshns.dataplane.policy.state import choose_endpoint
 from meshns.snapshot import Service
 
 log = logging.getLogger("meshns.dataplane.http1")
-
-PAUSE_PIPELINE: Final = 4
-PAUSE_UPGRADE: Final = 8
-PAUSE_OPAQUE: Final = 16
-_STATUS_TEXT: Final = {400: "Bad Request", 431: "Request Header Fields Too Large", 501: "Not Implemented"}
 
 
 class ServiceConnection(ClientConnection):
@@ -81,6 +77,13 @@ class ServiceConnection(ClientConnection):
             self.timer = loop.call_later(self.service.pool.connect_timeout_s, self.silent_timeout)
 
     def idle_tick(self) -> None:
+        if self.stalled():
+            log.info("client %s of %s read nothing for %ss; closing", self.source_address(), self.service.name,
+                     self.hctx.config.idle_timeout_s)
+            self.hctx.stats.idle_timeouts += 1
+            self.timer = None
+            self.abort()
+            return
         if self.current is None and self.requests_seen == self.requests_at_tick:
             self.timer = None
             self.transport.close()
@@ -100,6 +103,8 @@ class ServiceConnection(ClientConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.stop_head_clock()
+        self.end_linger()
         if self.timer is not None:
             self.timer.cancel()
         if self.eager_task is not None:
@@ -124,6 +129,13 @@ class ServiceConnection(ClientConnection):
             self._source = peername_of(self.transport)
         return self._source
 
+    def endpoint_pod(self) -> str:
+        return UNKNOWN  # a refused request never chose an endpoint
+
+    def stop_exchange(self, ex: RequestFlow) -> None:
+        if ex.task is not None and not ex.task.done():
+            ex.task.cancel()
+
     def buffered_bytes(self) -> int:
         n = self.transport.get_write_buffer_size()
         flow = self.current
@@ -138,6 +150,10 @@ class ServiceConnection(ClientConnection):
 
     def eof_received(self) -> bool:
         self.client_eof = True
+        if self.refusing:
+            if self.linger is not None:
+                self.transport.close()  # the client read the refusal and closed: so do we
+            return True
         if self.http:
             if self.current is None:
                 self.transport.close()
@@ -151,31 +167,18 @@ class ServiceConnection(ClientConnection):
         try:
             rest = parser.feed(data)
         except ParseError as exc:
-            self.bad_request(exc)
+            self.refuse(exc)
             return
         if rest is not None:
             self.upgrade_rest = rest
             self.pause(PAUSE_UPGRADE)
 
-    def bad_request(self, exc: ParseError) -> None:
-        self.hctx.stats.http_bad_requests += 1
-        log.info("bad request to %s: %d %s", self.service.name, exc.status, exc.reason)
-        self.http = False  # ignore anything further
-        self.opaque = True
-        self.pause(PAUSE_PIPELINE)
-        if self.current is None:
-            self.reply_bad(exc)
-        else:
-            self.bad = exc
-
-    def reply_bad(self, exc: ParseError) -> None:
-        text = _STATUS_TEXT.get(exc.status, "Bad Request")
-        self.transport.write(local_response(exc.status, text, [], f"{text}\n".encode(), close=True))
-        self.transport.close()
-
     # RequestSink
 
     def on_request_head(self, head: RequestHead) -> None:
+        self.head_done()
+        if self.body_limit and head.content_length is not None and head.content_length > self.body_limit:
+            raise self.body_too_large()
         self.requests_seen += 1
         flow = RequestFlow(self, head)
         self.parsing = flow
@@ -189,6 +192,8 @@ class ServiceConnection(ClientConnection):
     def on_request_body(self, data: bytes) -> None:
         flow = self.parsing
         if flow is not None:
+            if self.body_limit and flow.req_body_bytes + len(data) > self.body_limit:
+                raise self.body_too_large()
             self.hctx.stats.outbound.bytes_up += len(data)
             flow.request_body(data)
 
@@ -203,6 +208,9 @@ class ServiceConnection(ClientConnection):
         self.current = None
         if self.bad is not None:
             self.reply_bad(self.bad)
+            return
+        if self.refusing:
+            self.linger_close()  # the refusal was this exchange's answer
             return
         if not keep_alive or (self.client_eof and not self.queue) or self.hctx.draining:
             self.transport.close()

@@ -14,6 +14,10 @@ from typing import Final
 
 MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_HEADERS: Final = 100
+# A request line longer than this is answered 414 (nginx's large_client_header_buffers holds a
+# request line of up to 8 KiB by default, 16 KiB is a common setting; Envoy has no separate
+# limit). Counted as method SP target SP HTTP/1.x, single-spaced, without the CRLF.
+MAX_REQUEST_LINE: Final = 16 * 1024
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -59,9 +63,14 @@ class ResponseHead:
     conn_tokens: frozenset[bytes]
 
 
-def _framing(headers: Headers) -> tuple[int | None, bytes | None, frozenset[bytes], bytes | None, bytes | None]:
+def _framing(headers: Headers, request: bool) -> tuple[int | None, bytes | None, frozenset[bytes], bytes | None,
+                                                    bytes | None]:
     """(content-length, transfer-encoding, connection tokens, host, expect); raises ParseError on
-    ambiguity (the request smuggling shapes: CL with TE, two CLs, two TEs)."""
+    ambiguity (the request smuggling shapes: CL with TE, two CLs, two TEs in a response).
+
+    Several Transfer-Encoding headers of a request are one list (RFC 9110 5.3), as Envoy merges
+    them: the result is then never exactly "chunked" and the request gets 501 like any other
+    coding. A response keeps the stricter rule (a second TE is a protocol error, 502)."""
     if len(headers) > MAX_HEADERS:
         raise ParseError(431, "too many headers")
     cl: int | None = None
@@ -78,9 +87,10 @@ def _framing(headers: Headers) -> tuple[int | None, bytes | None, frozenset[byte
                 raise ParseError(400, "bad Content-Length")
             cl = int(v)
         elif lname == b"transfer-encoding":
-            if te is not None:
+            if te is not None and not request:
                 raise ParseError(400, "duplicate Transfer-Encoding")
-            te = value.strip().lower()
+            v = value.strip().lower()
+            te = v if te is None else te + b", " + v
         elif lname == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b","))
         elif lname == b"host":
@@ -90,6 +100,8 @@ def _framing(headers: Headers) -> tuple[int | None, bytes | None, frozenset[byte
         elif lname == b"expect":
             expect = value.strip().lower()
     if te is not None and cl is not None:
+        # Envoy's default (http1.content_length_and_chunked_not_allowed): 400, checked before
+        # the coding itself, so a smuggling attempt always gets the same answer.
         raise ParseError(400, "Content-Length with Transfer-Encoding")
     tokens.discard(b"")
     return cl, te, frozenset(tokens), host, expect
@@ -112,8 +124,12 @@ def _valid_target(method: bytes, target: bytes) -> bool:
 def request_head(method: bytes, target: bytes, minor: int, headers: Headers) -> RequestHead:
     if not _valid_target(method, target):
         raise ParseError(400, "invalid request target")
-    cl, te, tokens, host, expect = _framing(headers)
-    if te is not None and te != b"chunked":
+    cl, te, tokens, host, expect = _framing(headers, True)
+    # Envoy answers 501 to any Transfer-Encoding other than exactly "chunked" (case aside),
+    # and to a CONNECT with one (RFC 9110 9.3.6: a CONNECT body has no meaning). RFC 9112 6.1
+    # allows 501 for a coding the server does not understand; a proxy that forwarded a coding
+    # it cannot frame would be the smuggling hole, so nothing but chunked passes.
+    if te is not None and (te != b"chunked" or method == b"CONNECT"):
         raise ParseError(501, "unsupported Transfer-Encoding")
     chunked = te is not None
     if minor == 1 and host is None:
@@ -129,7 +145,7 @@ def request_head(method: bytes, target: bytes, minor: int, headers: Headers) -> 
 
 
 def response_head(status: int, reason: bytes, minor: int, headers: Headers) -> ResponseHead:
-    cl, te, tokens, _, _ = _framing(headers)
+    cl, te, tokens, _, _ = _framing(headers, False)
     # A coding other than chunked alone: the body runs to the close (RFC 9112 6.3).
     chunked = te == b"chunked"
     keep_alive = (b"close" not in tokens) if minor == 1 else (b"keep-alive" in tokens)

@@ -27,10 +27,9 @@ import logging
 from typing import Final, cast
 
 from meshns.dataplane.decide import Forward
-from meshns.dataplane.http1.client_conn import ClientConnection
+from meshns.dataplane.http1.client_conn import PAUSE_OPAQUE, PAUSE_PIPELINE, PAUSE_UPGRADE, ClientConnection
 from meshns.dataplane.http1.context import HttpContext
-from meshns.dataplane.http1.downstream import PAUSE_OPAQUE, PAUSE_PIPELINE, PAUSE_UPGRADE
-from meshns.dataplane.http1.head import ParseError, RequestHead, local_response
+from meshns.dataplane.http1.head import ParseError, RequestHead
 from meshns.dataplane.http1.inbound_exchange import InboundExchange
 from meshns.dataplane.http1.parser import RequestParser
 from meshns.dataplane.http1.pipe import Pipe
@@ -48,6 +47,7 @@ REFUSAL_SNIFF_S: Final = 1.0
 
 
 class InboundConnection(ClientConnection):
+    listener = "inbound"
     transport: asyncio.Transport
     hctx: HttpContext
     parser: RequestParser | None
@@ -82,6 +82,11 @@ class InboundConnection(ClientConnection):
         self.timer = None
         if self.pipe is not None:
             return
+        if self.stalled():
+            log.info("client %s read nothing for %ss; closing", self.source, self.hctx.config.idle_timeout_s)
+            self.hctx.stats.idle_timeouts += 1
+            self.abort()
+            return
         if self.current is None and self.requests_seen == self.requests_at_tick:
             self.transport.close()
             return
@@ -94,6 +99,8 @@ class InboundConnection(ClientConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.stop_head_clock()
+        self.end_linger()
         if self.timer is not None:
             self.timer.cancel()
         if self.dial_task is not None:
@@ -111,6 +118,16 @@ class InboundConnection(ClientConnection):
             self.pipe.abort()
         else:
             self.transport.abort()
+
+    def source_address(self) -> str:
+        return self.source
+
+    def endpoint_pod(self) -> str:
+        return self.peers.destination_workload
+
+    def stop_exchange(self, ex: InboundExchange) -> None:
+        if self.waiting is ex:
+            self.waiting = None
 
     def buffered_bytes(self) -> int:
         n = self.transport.get_write_buffer_size()
@@ -236,6 +253,10 @@ class InboundConnection(ClientConnection):
 
     def eof_received(self) -> bool:
         self.client_eof = True
+        if self.refusing:
+            if self.linger is not None:
+                self.transport.close()  # the client read the refusal and closed: so do we
+            return True
         if self.http:
             if self.current is None:
                 self.transport.close()
@@ -248,25 +269,16 @@ class InboundConnection(ClientConnection):
         try:
             rest = self.parser.feed(data)
         except ParseError as exc:
-            self.hctx.stats.http_bad_requests += 1
-            log.info("bad inbound request from %s: %d %s", self.source, exc.status, exc.reason)
-            self.http = False
-            self.opaque = True  # ignore anything further
-            self.pause(PAUSE_PIPELINE)
-            if self.current is None:
-                self.reply_bad(exc)
-            else:
-                self.bad = exc
+            self.refuse(exc)
             return
         if rest is not None:
             self.upgrade_rest = rest
             self.pause(PAUSE_UPGRADE)
 
-    def reply_bad(self, exc: ParseError) -> None:
-        self.transport.write(local_response(exc.status, "Bad Request", [], b"Bad Request\n", close=True))
-        self.transport.close()
-
     def on_request_head(self, head: RequestHead) -> None:
+        self.head_done()
+        if self.body_limit and head.content_length is not None and head.content_length > self.body_limit:
+            raise self.body_too_large()
         self.requests_seen += 1
         ex = InboundExchange(self, head)
         self.parsing = ex
@@ -280,6 +292,8 @@ class InboundConnection(ClientConnection):
     def on_request_body(self, data: bytes) -> None:
         ex = self.parsing
         if ex is not None:
+            if self.body_limit and ex.req_body_bytes + len(data) > self.body_limit:
+                raise self.body_too_large()
             self.hctx.stats.inbound.bytes_up += len(data)
             ex.request_body(data)
 
@@ -293,6 +307,9 @@ class InboundConnection(ClientConnection):
         self.current = None
         if self.bad is not None:
             self.reply_bad(self.bad)
+            return
+        if self.refusing:
+            self.linger_close()  # the refusal was this exchange's answer
             return
         if not keep_alive or (self.client_eof and not self.queue) or self.hctx.draining:
             self.transport.close()

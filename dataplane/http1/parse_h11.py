@@ -1,9 +1,12 @@
 """The reference parser: h11, made as strict as llhttp where h11 is lenient.
 
-h11 accepts bare LF line ends, obs-fold and repeated identical Content-Length headers (merging
-them); llhttp rejects all three, and a proxy must not accept what its other parser rejects, so the
-head bytes are pre-checked here. h11 keeps one message per ``Connection``; a fresh one is made per
-message (fed the previous one's trailing bytes), since we only use it to parse.
+h11 accepts what llhttp refuses (bare LF line ends, obs-fold, repeated identical Content-Length
+headers, any method, control characters in values, free-form chunk lines) and refuses what llhttp
+takes (several spaces in the request line). A proxy must not accept what its other parser
+refuses, so a request head is held back until complete and checked by ``strict`` as llhttp
+would check it, and a chunked body goes through ``strict.ChunkFramer``; h11 then parses a head
+and a framing both parsers take. Response heads get the byte prechecks below. h11 keeps one
+message per ``Connection``; a fresh one is made per message, since we only use it to parse.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ from meshns.dataplane.http1.head import (
     response_head,
 )
 from meshns.dataplane.http1.parser import RequestSink, ResponseSink
+from meshns.dataplane.http1.strict import ChunkFramer, HeadCollector
 
 _CL_LINE: Final = re.compile(rb"\r\ncontent-length[ \t]*:([^\r\n]*)", re.IGNORECASE)
 _MAX_CHUNK: Final = 1 << 64  # llhttp's chunk size is a uint64
-_VERSIONS: Final = (b"1.0", b"1.1")
 
 
 def _precheck(buf: bytes) -> None:
@@ -56,66 +59,96 @@ def _status(exc: h11.RemoteProtocolError, default: int) -> ParseError:
 class RequestParserH11:
     def __init__(self, sink: RequestSink) -> None:
         self._sink = sink
-        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-        self._head_buf: bytes | None = b""
-
-    @staticmethod
-    def _skip_empty_lines(pending: bytes) -> bytes:
-        # RFC 9112 2.2: empty lines before a request line are ignored. llhttp skips any CR and LF
-        # there; h11 rejects them, so they are dropped before h11 sees them.
-        return pending.lstrip(b"\r\n")
+        self._head = HeadCollector()
+        self._conn: h11.Connection | None = None  # the message past its head
+        self._framer: ChunkFramer | None = None
+        self._keep_alive = True
+        self._closed = False  # a request closing the connection ended: the rest is ignored
+        self._fields: list[tuple[bytes, bytes]] = []  # the head's fields as on the wire
 
     def feed(self, data: bytes) -> bytes | None:
-        sink = self._sink
         pending = data
-        while True:
-            if self._head_buf == b"":
-                pending = self._skip_empty_lines(pending)
-                if not pending:
+        while not self._closed:
+            conn = self._conn
+            if conn is None:
+                rest = self._take_head(pending)
+                if rest is None:
                     return None
-            if self._head_buf is not None:
-                self._head_buf += pending
-                try:
-                    _precheck(self._head_buf)
-                except ParseError:
-                    raise
-            self._conn.receive_data(pending)
-            pending = b""
-            try:
-                while True:
-                    ev = self._conn.next_event()
-                    if ev is h11.NEED_DATA:
-                        if self._head_buf is not None and len(self._head_buf) > MAX_HEAD_BYTES:
-                            raise ParseError(431, "request head too large")
-                        return None
-                    if isinstance(ev, h11.Request):
-                        buf = self._head_buf or b""
-                        if buf.find(b"\r\n\r\n") + 4 > MAX_HEAD_BYTES:
-                            raise ParseError(431, "request head too large")
-                        self._head_buf = None
-                        if ev.http_version not in _VERSIONS:
-                            raise ParseError(400, "unsupported HTTP version")
-                        minor = 0 if ev.http_version == b"1.0" else 1
-                        sink.on_request_head(request_head(ev.method, ev.target, minor,
-                                                          list(ev.headers.raw_items())))
-                    elif isinstance(ev, h11.Data):
-                        _check_chunk(self._conn, ev)
-                        sink.on_request_body(bytes(ev.data))
-                    elif isinstance(ev, h11.EndOfMessage):
-                        sink.on_request_complete()
-                        break
-                    else:  # PAUSED or ConnectionClosed
-                        return None
-            except h11.RemoteProtocolError as exc:
-                raise _status(exc, 400) from None
-            rest, _closed = self._conn.trailing_data
-            if self._conn.their_state is h11._state.MIGHT_SWITCH_PROTOCOL:
-                return bytes(rest)
-            self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-            self._head_buf = b""
-            pending = bytes(rest)
-            if not pending:
+                pending = rest
+                done = self._drain()
+            elif not pending:
                 return None
+            elif self._framer is not None:
+                out, after = self._framer.feed(pending)
+                pending = b"" if after is None else after
+                if out:
+                    conn.receive_data(out)
+                done = self._drain()
+                if done != (after is not None):
+                    raise ParseError(400, "chunked framing out of step")  # cannot happen
+            else:
+                conn.receive_data(pending)
+                done = self._drain()
+                pending = bytes(conn.trailing_data[0]) if done else b""
+            if not done:
+                continue
+            assert self._conn is not None
+            upgrade = self._conn.their_state is h11._state.MIGHT_SWITCH_PROTOCOL
+            self._conn = None
+            self._framer = None
+            if upgrade:
+                return pending
+            if not self._keep_alive:
+                # RFC 9112 9.6: no further request on a connection the client closes (llhttp
+                # refuses the bytes; the connection closes after the response either way).
+                self._closed = True
+            elif not pending:
+                return None
+        return None
+
+    def _take_head(self, data: bytes) -> bytes | None:
+        """Collect the head; once complete, hand it to a fresh h11 connection and return the
+        bytes after it (None while the head is still coming)."""
+        if not self._head:
+            # RFC 9112 2.2: empty lines before a request line are ignored. llhttp skips any CR
+            # and LF there; h11 refuses them, so they are dropped before h11 sees them.
+            data = data.lstrip(b"\r\n")
+            if not data:
+                return None
+            self._sink.on_request_begin()
+        got = self._head.add(data)
+        if got is None:
+            return None
+        head, self._fields, rest = got
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self._conn.receive_data(head)
+        return rest
+
+    def _drain(self) -> bool:
+        """Hand h11's events to the sink; True once the message ended."""
+        conn = self._conn
+        assert conn is not None
+        sink = self._sink
+        try:
+            while True:
+                ev = conn.next_event()
+                if isinstance(ev, h11.Request):
+                    minor = 0 if ev.http_version == b"1.0" else 1
+                    # The fields as on the wire (h11 lowercases some values, Transfer-Encoding's).
+                    head = request_head(ev.method, ev.target, minor, self._fields)
+                    self._keep_alive = head.keep_alive
+                    if head.chunked:
+                        self._framer = ChunkFramer()
+                    sink.on_request_head(head)
+                elif isinstance(ev, h11.Data):
+                    sink.on_request_body(bytes(ev.data))
+                elif isinstance(ev, h11.EndOfMessage):
+                    sink.on_request_complete()
+                    return True
+                else:  # NEED_DATA, PAUSED or ConnectionClosed
+                    return False
+        except h11.RemoteProtocolError as exc:
+            raise _status(exc, 400) from None
 
 
 class ResponseParserH11:

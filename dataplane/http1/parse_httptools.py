@@ -9,14 +9,36 @@ import httptools
 from meshns.dataplane.http1.head import (
     MAX_HEAD_BYTES,
     MAX_HEADERS,
+    MAX_REQUEST_LINE,
     Headers,
     ParseError,
     request_head,
     response_head,
 )
 from meshns.dataplane.http1.parser import RequestSink, ResponseSink
+from meshns.dataplane.http1.strict import PENDING_LIMIT
 
 _HEADER_OVERHEAD: Final = 4  # ": " and CRLF
+_LINE_OVERHEAD: Final = 10  # two SP and "HTTP/1.x"
+_VERSIONS: Final = ("1.0", "1.1")
+# llhttp stops at the first bad byte with a message, not a status. Its Transfer-Encoding
+# refusals are 501 like ours (head.request_head: Envoy's answer to a coding it cannot frame);
+# its Content-Length + Transfer-Encoding refusals name both headers and stay 400.
+_TE_ERRORS: Final = ("Invalid `Transfer-Encoding` header value", "Empty Transfer-Encoding",
+                     "Request has invalid `Transfer-Encoding`")
+# After a request that closes the connection, llhttp refuses any further byte; the connection
+# is closed after the response anyway, so they are ignored (as the h11 adapter does).
+_AFTER_CLOSE: Final = "Data after `Connection: close`"
+
+
+def _parser_error(exc: httptools.HttpParserError, bad_status: int, in_head: bool) -> ParseError | None:
+    text = str(exc)
+    if bad_status == 400:
+        if text == _AFTER_CLOSE:
+            return None
+        if text in _TE_ERRORS and in_head:  # in the trailers, a framing field at all is the fault
+            return ParseError(501, text)
+    return ParseError(bad_status, text)
 
 
 def _too_large() -> ParseError:
@@ -30,12 +52,14 @@ class _Base:
         self._url = b""
         self._headers: Headers = []
         self._size = 0
+        self._partial = 0
         self._in_head = True
 
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
         self._size = 0
+        self._partial = 0
         self._in_head = True
 
     def on_url(self, url: bytes) -> None:
@@ -49,6 +73,7 @@ class _Base:
             return  # a chunked trailer field: dropped (trailers are not forwarded)
         # llhttp keeps trailing whitespace in the value; it is not part of it (RFC 9110 5.5).
         self._headers.append((name, value.rstrip(b" \t")))
+        self._partial = 0
         self._size += len(name) + len(value) + _HEADER_OVERHEAD
         if self._size > MAX_HEAD_BYTES:
             raise _too_large()
@@ -65,15 +90,21 @@ class _Base:
         except httptools.HttpParserCallbackError as exc:
             raise _unwrap(exc) from None
         except httptools.HttpParserError as exc:
-            raise ParseError(bad_status, str(exc)) from None
+            err = _parser_error(exc, bad_status, self._in_head)
+            if err is None:
+                return None
+            raise err from None
         self._check_pending_head(len(data))
         return None
 
     def _check_pending_head(self, data_len: int) -> None:
-        # llhttp keeps a partial header line in its own buffer; bound it by what we fed.
+        # httptools keeps a partial header line in its own buffer until the line ends; bound it
+        # by the bytes fed since the last whole header. The count may include a feed's bytes
+        # that whole headers already counted, never more than one head's worth, so a head within
+        # the limit is never refused here (the exact limit is checked per header above).
         if self._in_head:
-            self._size += data_len
-            if self._size > MAX_HEAD_BYTES + MAX_HEAD_BYTES:
+            self._partial += data_len
+            if self._size + self._partial > PENDING_LIMIT:
                 raise _too_large()
 
 
@@ -90,11 +121,27 @@ class RequestParserLL(_Base):
         self.on_message_complete = sink.on_request_complete
         self._p = httptools.HttpRequestParser(self)
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._sink.on_request_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > MAX_REQUEST_LINE:  # before the head's own limit: 414 names the cause
+            raise ParseError(414, "request line too long")
+        self._size += len(url)
+
     def on_headers_complete(self) -> None:
         self._in_head = False
         p = self._p
-        minor = 0 if p.get_http_version() == "1.0" else 1
-        self._sink.on_request_head(request_head(p.get_method(), self._url, minor, self._headers))
+        version = p.get_http_version()
+        if version not in _VERSIONS:  # llhttp takes HTTP/0.9 and HTTP/2.0 request lines
+            raise ParseError(400, "unsupported HTTP version")
+        method = p.get_method()
+        if len(method) + len(self._url) + _LINE_OVERHEAD > MAX_REQUEST_LINE:
+            raise ParseError(414, "request line too long")
+        minor = 0 if version == "1.0" else 1
+        self._sink.on_request_head(request_head(method, self._url, minor, self._headers))
 
     def feed(self, data: bytes) -> bytes | None:
         return self._feed(self._p, data, 400)

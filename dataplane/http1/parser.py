@@ -18,6 +18,9 @@ from meshns.dataplane.http1.head import RequestHead, ResponseHead
 
 
 class RequestSink(Protocol):
+    def on_request_begin(self) -> None:
+        """The first byte of a request head arrived (the request-headers timeout starts)."""
+
     def on_request_head(self, head: RequestHead) -> None: ...
 
     def on_request_body(self, data: bytes) -> None: ...

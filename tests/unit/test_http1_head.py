@@ -74,12 +74,19 @@ def test_close_delimited_response_is_not_keep_alive() -> None:
     ([(b"Host", b"h"), (b"Content-Length", b"-1")], 400),
     ([(b"Host", b"h"), (b"Content-Length", b"1 2")], 400),
     ([(b"Host", b"h"), (b"Transfer-Encoding", b"gzip")], 501),
-    ([(b"Host", b"h"), (b"Transfer-Encoding", b"chunked"), (b"Transfer-Encoding", b"chunked")], 400),
+    ([(b"Host", b"h"), (b"Transfer-Encoding", b"gzip, chunked")], 501),
+    # two TE headers are one list "chunked, chunked" (as Envoy merges them): not exactly chunked
+    ([(b"Host", b"h"), (b"Transfer-Encoding", b"chunked"), (b"Transfer-Encoding", b"chunked")], 501),
+    ([(b"Host", b"h"), (b"Transfer-Encoding", b"gzip"), (b"Content-Length", b"1")], 400),
+    ([(b"Host", b"h"), (b"Transfer-Encoding", b"Chunked ")], None),
     ([], 400),
     ([(b"Host", b"a"), (b"Host", b"b")], 400),
     ([(b"Host", b"h")] + [(b"X", b"1")] * 100, 431),
 ])
-def test_smuggling_shapes_rejected(headers: list[tuple[bytes, bytes]], status: int) -> None:
+def test_smuggling_shapes_rejected(headers: list[tuple[bytes, bytes]], status: int | None) -> None:
+    if status is None:
+        assert request_head(b"POST", b"/", 1, headers).chunked
+        return
     with pytest.raises(ParseError) as info:
         request_head(b"POST", b"/", 1, headers)
     assert info.value.status == status
