@@ -35,7 +35,7 @@ from meshns.dataplane.http1.inbound import take_over_inbound
 from meshns.dataplane.http1.parser import parser_kit
 from meshns.dataplane.mesh_connect import MeshConnector
 from meshns.dataplane.metrics import Health, Metrics
-from meshns.dataplane.observe import Observer
+from meshns.dataplane.observe import Observer, TasksCollector
 from meshns.dataplane.origdst import OriginalDstResolver, SockoptResolver
 from meshns.dataplane.relay import RelayContext
 from meshns.dataplane.snapshots import SnapshotStore
@@ -71,6 +71,7 @@ class Sidecar:
         if connector is None:
             connector = MeshConnector(self.store, self.tls, self.stats, config.tls_handshake_timeout_s)
         self.metrics = Metrics(self._health)
+        self.metrics.registry.register(TasksCollector())
         self.obs = Observer(config, self.store, self.metrics)
         self.ctx = RelayContext(config, self.stats, resolver or SockoptResolver(), connector, self.obs)
         # One random source per sidecar (balancing, weights, faults, jitter); tests pass a seeded one.
