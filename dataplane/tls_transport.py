@@ -24,6 +24,16 @@ from typing import Any, Final, cast
 READ_SIZE: Final = 256 * 1024
 
 
+def _closed_sslobject() -> ssl.SSLObject:
+    """A never-handshaken SSLObject on a throwaway context (one per process): what ``sslobj``
+    becomes once an attached connection is gone, so the attribute keeps its type."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    return ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=False, server_hostname="closed.invalid")
+
+
+_CLOSED: Final = _closed_sslobject()
+
+
 class TlsStream(asyncio.Protocol):
     def __init__(self, ctx: ssl.SSLContext, server_side: bool) -> None:
         self.ctx = ctx
@@ -70,8 +80,20 @@ class TlsStream(asyncio.Protocol):
         self.lost = True
         if not self.done.done():
             self.done.set_exception(exc or ConnectionResetError("connection closed during the TLS handshake"))
-        if self.app is not None:
-            self.app.connection_lost(exc)
+        app = self.app
+        try:
+            if app is not None:
+                app.connection_lost(exc)
+        finally:
+            if app is not None:
+                # A closed connection's objects (this stream, the relay or pipe above it, their
+                # transports) refer to each other, so only the cyclic collector frees them, and it
+                # counts Python objects: it cannot see the ~30-40 KB of OpenSSL state behind the
+                # SSLObject, which would wait for it (forever once the sidecar is idle). Free it
+                # now. Nothing reads it any more: the peer was verified before attach, and the
+                # write paths stop at raw.is_closing(). (Before attach, whoever awaits the
+                # handshake still holds the stream and may read peercert; no cycle keeps it then.)
+                self.sslobj = _CLOSED
 
     def pause_writing(self) -> None:
         if self.app is not None:

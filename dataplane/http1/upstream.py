@@ -211,6 +211,12 @@ class ServicePool:
                 self.waiters.remove(entry)
                 fut.set_result(conn)
                 return
+        if self.state.breaker.connections > self.state.service.pool.max_connections:
+            # Eager dials are counted but never refused (a server-first client must not wait on
+            # the breaker), so a burst of clients can leave more connections than the pool may
+            # hold: over the ceiling, a connection nobody waits for is closed, not parked.
+            self.close(conn)
+            return
         self.idle.setdefault(conn.key, []).append(conn)
         loop = asyncio.get_running_loop()
         conn.idle_handle = loop.call_later(self.state.service.pool.idle_timeout_s, self._idle_expired, conn)

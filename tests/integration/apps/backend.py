@@ -151,6 +151,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=9080)
     args = ap.parse_args()
     Handler.name = args.name
+    # socketserver's default backlog is 5: a burst of new connections would overflow the accept
+    # queue and the kernel would drop SYNs silently (each retried after 1, 3, 7... s).
+    ThreadingHTTPServer.request_queue_size = 1024
     server = ThreadingHTTPServer(("0.0.0.0", args.port), Handler)
     server.daemon_threads = True
     server.serve_forever()
