@@ -247,3 +247,36 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 10.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def nginx_conf(d: Path, port: int, body: str, worker_connections: int, backlog: int,
+               nofile: int | None = None) -> Path:
+    """An nginx (Debian's, unmodified) answering every request on ``port`` with ``body``, with
+    keep-alive, no logs and every temp path under ``d``, run in the foreground as a pod's app."""
+    d.mkdir(exist_ok=True)
+    conf = d / "nginx.conf"
+    rlimit = f"worker_rlimit_nofile {nofile};" if nofile else ""
+    conf.write_text(f"""
+daemon off;
+master_process off;
+worker_processes 1;
+{rlimit}
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections {worker_connections}; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  keepalive_timeout 600s;
+  keepalive_requests 1000000;
+  server {{
+    listen {port} backlog={backlog};
+    location / {{ return 200 "{body}\\n"; }}
+  }}
+}}
+""")
+    return conf

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Mesh, wait_for
+from conftest import Mesh, nginx_conf, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -166,6 +166,23 @@ def report(title: str, rows: list[tuple[str, dict[str, Any], dict[str, Any], dic
                   f"{mb(f['rss_bytes']):>10}")
 
 
+Figures = dict[str, dict[str, Any]]
+
+
+def hold(mesh: Mesh, run: Run, base: Figures, title: str, settle_s: float = 60.0) -> tuple[Figures, Any, Figures]:
+    """Open the run's connections and hold them, take every pod's figures at the peak, have each
+    answer again and close, wait for each sidecar to settle back; print the report."""
+    try:
+        run.wait_held()
+        peak = {pod: figures(mesh, pod) for pod in base}
+        result = run.release()
+    finally:
+        run.stop()
+    after = {pod: settled(mesh, pod, base[pod], timeout_s=settle_s) for pod in base}
+    report(title, [(pod, base[pod], peak[pod], after[pod]) for pod in base], result)
+    return peak, result, after
+
+
 def assert_all_answered(result: dict[str, Any], n: int) -> None:
     assert result["failures"] == {}, f"{result['failures']}: {result['examples']}"
     assert (result["opened"], result["second_ok"], result["closed_clean"]) == (n, n, n), result
@@ -192,15 +209,7 @@ def test_tcp_connections_held_through_one_sidecar(mesh: Mesh, tmp_path: Path) ->
         pytest.skip(f"sidecar descriptor limit {limit} leaves room for {n} connections only")
     check_room(mesh, "client", n)
     run = Run(mesh, tmp_path, "client", "echo:7000", n, BATCH)
-    try:
-        run.wait_held()
-        peak = {pod: figures(mesh, pod) for pod in ("client", "server")}
-        result = run.release()
-    finally:
-        run.stop()
-    after = {pod: settled(mesh, pod, base[pod]) for pod in ("client", "server")}
-    report(f"{n} TCP connections held through one sidecar (plaintext)",
-           [(pod, base[pod], peak[pod], after[pod]) for pod in ("client", "server")], result)
+    peak, result, after = hold(mesh, run, base, f"{n} TCP connections held through one sidecar (plaintext)")
     assert_all_answered(result, n)
     for pod in ("client", "server"):
         # every connection was live in both sidecars at once: two descriptors each
@@ -217,15 +226,7 @@ def test_mtls_connections_held_through_one_sidecar(mesh: Mesh, tmp_path: Path) -
     base = {pod: figures(mesh, pod) for pod in ("client", "server")}
     check_room(mesh, "client", TLS_CONNS)
     run = Run(mesh, tmp_path, "client", "echo:7000", TLS_CONNS, TLS_BATCH)
-    try:
-        run.wait_held()
-        peak = {pod: figures(mesh, pod) for pod in ("client", "server")}
-        result = run.release()
-    finally:
-        run.stop()
-    after = {pod: settled(mesh, pod, base[pod]) for pod in ("client", "server")}
-    report(f"{TLS_CONNS} mTLS connections held through one sidecar",
-           [(pod, base[pod], peak[pod], after[pod]) for pod in ("client", "server")], result)
+    peak, result, _ = hold(mesh, run, base, f"{TLS_CONNS} mTLS connections held through one sidecar")
     per_conn = (peak["client"]["rss_bytes"] - base["client"]["rss_bytes"]) / TLS_CONNS
     print(f"   client sidecar: {per_conn / 1024:.1f} KB of RSS per held mTLS connection")
     assert_all_answered(result, TLS_CONNS)
@@ -236,35 +237,9 @@ def test_mtls_connections_held_through_one_sidecar(mesh: Mesh, tmp_path: Path) -
         assert peak[pod]["rss_peak_bytes"] < RSS_CEILING, (pod, mb(peak[pod]["rss_peak_bytes"]))
 
 
-def nginx_conf(tmp_path: Path) -> Path:
+def web_conf(tmp_path: Path) -> Path:
     """nginx answering every request on 8080 with keep-alive, a deep accept backlog, no logs."""
-    d = tmp_path / "nginx"
-    d.mkdir()
-    conf = d / "nginx.conf"
-    conf.write_text(f"""
-daemon off;
-master_process off;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 16000; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  keepalive_timeout 600s;
-  keepalive_requests 1000000;
-  server {{
-    listen 8080 backlog=4096;
-    location / {{ return 200 "ok\\n"; }}
-  }}
-}}
-""")
-    return conf
+    return nginx_conf(tmp_path / "nginx", 8080, "ok", worker_connections=16000, backlog=4096, nofile=20000)
 
 
 # Idle upstream connections of the client's pool close after this: the leak check waits for it.
@@ -285,22 +260,16 @@ def test_ten_thousand_http_connections_through_one_sidecar(mesh: Mesh, tmp_path:
     request when opened, all stay open (idle) at once, then each makes a second request (all must
     be 200), then all close. The upstream side is the service's pool, so the descriptors stay
     within the sidecar's limit; after the pool's idle timeout both sidecars are back to baseline."""
-    mesh.run("create", "web", "--service", "web:8080", "--", "nginx", "-c", str(nginx_conf(tmp_path)))
+    mesh.run("create", "web", "--service", "web:8080", "--", "nginx", "-c", str(web_conf(tmp_path)))
     mesh.run("create", "client")
     apply(mesh, tmp_path, PLAINTEXT)
     apply(mesh, tmp_path, POOL_IDLE)
     base = {pod: figures(mesh, pod) for pod in ("client", "web")}
     check_room(mesh, "client", TARGET_CONNS)
     run = Run(mesh, tmp_path, "client", "web:8080", TARGET_CONNS, BATCH, "--http", "/")
-    try:
-        run.wait_held()
-        peak = {pod: figures(mesh, pod) for pod in ("client", "web")}
-        result = run.release()
-    finally:
-        run.stop()
-    after = {pod: settled(mesh, pod, base[pod], timeout_s=90.0) for pod in ("client", "web")}
-    report(f"{TARGET_CONNS} HTTP/1.1 keep-alive connections held through one sidecar (plaintext)",
-           [(pod, base[pod], peak[pod], after[pod]) for pod in ("client", "web")], result)
+    peak, result, _ = hold(mesh, run, base,
+                           f"{TARGET_CONNS} HTTP/1.1 keep-alive connections held through one sidecar (plaintext)",
+                           settle_s=90.0)
     assert_all_answered(result, TARGET_CONNS)
     assert peak["client"]["active"] >= TARGET_CONNS, peak["client"]
     assert peak["client"]["open_fds"] >= base["client"]["open_fds"] + TARGET_CONNS

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Mesh, wait_for
+from conftest import Mesh, nginx_conf, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -79,42 +79,17 @@ LIVED_THROUGH = ("client", "b1", "g1")
 PODS = (*LIVED_THROUGH, *RESTARTED)
 
 
-def nginx_conf(tmp_path: Path, pod: str) -> Path:
-    d = tmp_path / f"nginx-{pod}"
-    d.mkdir(exist_ok=True)
-    conf = d / "nginx.conf"
-    conf.write_text(f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  keepalive_timeout 600s;
-  keepalive_requests 1000000;
-  server {{
-    listen 9080 backlog=1024;
-    location / {{ return 200 "{pod}\\n"; }}
-  }}
-}}
-""")
-    return conf
+def web_conf(tmp_path: Path, pod: str) -> Path:
+    return nginx_conf(tmp_path / f"nginx-{pod}", 9080, pod, worker_connections=4096, backlog=1024)
 
 
 def pod_specs(tmp_path: Path) -> dict[str, list[str]]:
     """`meshns create` arguments per pod, so that a restart re-creates it exactly."""
     return {
         "b1": ["--service", "web:9080", "--label", "app=web", "--label", "version=v1", "--",
-               "nginx", "-c", str(nginx_conf(tmp_path, "b1"))],
+               "nginx", "-c", str(web_conf(tmp_path, "b1"))],
         "b2": ["--service", "web:9080", "--label", "app=web", "--label", "version=v2", "--",
-               "nginx", "-c", str(nginx_conf(tmp_path, "b2"))],
+               "nginx", "-c", str(web_conf(tmp_path, "b2"))],
         "g1": ["--service", "greeter:50051", "--", PY, GRPC_APP, "server", "--port", "50051", "--name", "g1"],
         "g2": ["--service", "greeter:50051", "--", PY, GRPC_APP, "server", "--port", "50051", "--name", "g2"],
         "t1": ["--service", "tcpecho:7000", "--label", "app=tcpecho", "--", PY, MANY, "server", "--port", "7000"],
