@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
+from meshns import prctl
 from meshns.dataplane import accesslog, admin_ops, identity
 from meshns.dataplane.accept import InboundAcceptor
 from meshns.dataplane.addrs import ListenAddr, listen_addr_from
@@ -291,12 +292,11 @@ class Sidecar:
 
 def _not_dumpable() -> None:
     """Every sidecar runs as uid 1337; without this, one pod's sidecar could read another's key
-    from /proc/<pid>/mem or /proc/<pid>/fd. Non-dumpable processes' /proc entries belong to root."""
-    import ctypes  # noqa: PLC0415 - only needed here
-
-    pr_set_dumpable = 4
-    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0) != 0:
-        log.warning("prctl(PR_SET_DUMPABLE, 0) failed: errno %d", ctypes.get_errno())
+    from /proc/<pid>/mem or /proc/<pid>/fd (see meshns.prctl)."""
+    try:
+        prctl.not_dumpable()
+    except OSError as exc:
+        log.warning("%s: errno %d", exc.strerror, exc.errno)
 
 
 def setup_logging(level: str) -> None:

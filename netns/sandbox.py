@@ -62,9 +62,7 @@ MS_BIND: Final = 4096
 MS_REC: Final = 16384
 MS_SLAVE: Final = 1 << 19
 MNT_DETACH: Final = 2
-PR_SET_DUMPABLE: Final = 4
 PR_CAPBSET_DROP: Final = 24
-PR_SET_NO_NEW_PRIVS: Final = 38
 PR_CAP_AMBIENT: Final = 47
 PR_CAP_AMBIENT_CLEAR_ALL: Final = 4
 
@@ -140,16 +138,6 @@ def _drop(caps: Sequence[int]) -> None:
 def drop_bounding_caps(last: int) -> None:
     """Empty the bounding set (the sidecar: it needs no capability at all)."""
     _drop(range(last + 1))
-
-
-def no_new_privs() -> None:
-    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-
-
-def not_dumpable() -> None:
-    if _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
 
 
 def last_cap() -> int:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from meshns import prctl
 from meshns.errors import MeshnsError
 from meshns.mtls.identity import SpiffeId
 from meshns.mtls.keeper import IdentityKeeper
@@ -144,7 +145,7 @@ class Supervisor:
         os.setgroups([])
         os.setgid(PROXY_GID)
         os.setuid(PROXY_UID)  # from root to 1337: every capability is gone from here on
-        sandbox.no_new_privs()  # and no setuid binary or file capability can bring one back
+        prctl.no_new_privs()  # and no setuid binary or file capability can bring one back
 
     def start_sidecar(self) -> None:
         # The proxy user need not reach the state directory: it gets its config on stdin and an
@@ -242,7 +243,7 @@ class Supervisor:
         # This process holds the pod's key between issue and hand-over; root processes whose
         # capabilities are not a subset of ours already cannot read our memory, and a
         # non-dumpable process's /proc entries are root's alone.
-        sandbox.not_dumpable()
+        prctl.not_dumpable()
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         self.save()

@@ -1,0 +1,30 @@
+"""Two process flags set with prctl(2), shared by the supervisor (host side) and the sidecar.
+
+- not dumpable: the process's /proc entries (mem, fd, environ) belong to root and a same-uid
+  process cannot ptrace it; every sidecar runs as uid 1337, so without it one pod's sidecar could
+  read another's key.
+- no_new_privs: no execve (setuid binary, file capability) can ever raise privileges again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Final
+
+PR_SET_DUMPABLE: Final = 4
+PR_SET_NO_NEW_PRIVS: Final = 38
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _prctl(option: int, arg: int, what: str) -> None:
+    if _libc.prctl(option, arg, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({what}) failed")
+
+
+def not_dumpable() -> None:
+    _prctl(PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE, 0")
+
+
+def no_new_privs() -> None:
+    _prctl(PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS, 1")
