@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
+from cryptography import x509
 
 from meshns.cli.output import emit, table
 from meshns.compiler import identity_of
@@ -14,8 +16,10 @@ from meshns.errors import NotFoundError, SystemFailure, UserError
 from meshns.istio.reader import parse_duration_s
 from meshns.mesh import Mesh, require_root
 from meshns.model import PodSpec, PodState, account_of
-from meshns.mtls.ca import CertAuthority
+from meshns.mtls.ca import CertAuthority, key_pem, new_key
+from meshns.mtls.handoff import Handoff, read_handoff, refuse_existing, write_handoff
 from meshns.mtls.identity import DEFAULT_TRUST_DOMAIN, IdentityError, SpiffeId
+from meshns.mtls.intermediate import validate_host
 from meshns.netns.certinfo import read_cert_info
 from meshns.netns.publish import publish
 
@@ -56,6 +60,15 @@ def _stamp(t: object) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(t))) if isinstance(t, (int, float)) else "-"
 
 
+def _issuer(cert_pem: object) -> tuple[str, int]:
+    """Who signed the leaf (a host's intermediate, or the root) and how many certificates the
+    pod presents (2 with an intermediate)."""
+    if not isinstance(cert_pem, str) or "BEGIN CERTIFICATE" not in cert_pem:
+        return "", 0
+    certs = x509.load_pem_x509_certificates(cert_pem.encode())
+    return certs[0].issuer.rfc4514_string(), len(certs)
+
+
 def register(cli: click.Group, mesh_of: Callable[[click.Context], Mesh], output: Callable[..., Any]) -> None:
     @cli.group()
     def ca() -> None:
@@ -90,11 +103,68 @@ def register(cli: click.Group, mesh_of: Callable[[click.Context], Mesh], output:
         authority = CertAuthority.load(mesh.cfg.ca_dir)
         rows = [{"serial": serial, "state": state, "retire_at": _stamp(retire)}
                 for serial, state, retire in authority.roots]
-        doc = {"trust_domain": authority.trust_domain, "workload_ttl_s": authority.workload_ttl_s,
-               "generation": authority.generation, "roots": rows}
-        emit(doc, fmt, f"trust domain {authority.trust_domain}, workload certificates "
-             f"{authority.workload_ttl_s:g} s\n" + table(["SERIAL", "STATE", "RETIRE AT"],
-                                                      [[r["serial"], r["state"], r["retire_at"]] for r in rows]))
+        inter = authority.intermediate
+        inter_doc = None if inter is None else {
+            "serial": inter.serial, "host": inter.host, "issuer": inter.issuer,
+            "not_before": _stamp(inter.not_before), "not_after": _stamp(inter.not_after)}
+        doc = {"mode": authority.mode, "trust_domain": authority.trust_domain,
+               "workload_ttl_s": authority.workload_ttl_s, "generation": authority.generation, "roots": rows,
+               "intermediate": inter_doc}
+        signs = ("the active root" if inter_doc is None else
+                 f"intermediate {inter_doc['serial']} (host {inter_doc['host'] or '?'}, "
+                 f"root {inter_doc['issuer']}), valid until {inter_doc['not_after']}")
+        emit(doc, fmt, f"{authority.mode} mode, trust domain {authority.trust_domain}, workload certificates "
+             f"{authority.workload_ttl_s:g} s, signed by {signs}\n"
+             + table(["SERIAL", "STATE", "RETIRE AT"], [[r["serial"], r["state"], r["retire_at"]] for r in rows]))
+
+    @ca.command("intermediate")
+    @click.option("--host", required=True, help="The host the intermediate is for (a lower-case DNS name).")
+    @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+                  help="New or empty directory to write the intermediate, its key, the roots and the settings to.")
+    @click.option("--ttl", type=DURATION, default="8760h", show_default=True, help="Lifetime of the intermediate.")
+    @click.pass_context
+    def ca_intermediate(ctx: click.Context, host: str, out_dir: Path, ttl: float) -> None:
+        """On the host holding the mesh root: issue an intermediate CA for HOST. Carry the directory
+        to that host (it holds a private key) and run `meshns ca import-intermediate DIR` there."""
+        require_root("meshns ca intermediate")
+        validate_host(host)
+        refuse_existing(out_dir)
+        mesh = mesh_of(ctx)
+        if not CertAuthority.exists(mesh.cfg.ca_dir):
+            raise NotFoundError("no CA yet (create it with `meshns ca init`)")
+        authority = CertAuthority.load(mesh.cfg.ca_dir)
+        key = new_key()
+        issued = authority.issue_intermediate(host, key.public_key(), ttl)
+        write_handoff(out_dir, Handoff(authority.trust_domain, authority.workload_ttl_s, authority.bundle_pem(),
+                                       issued.cert_pem, key_pem(key)))
+        click.echo(f"intermediate {issued.serial} for host {host}, valid until {_stamp(issued.not_after)}, "
+                   f"written to {out_dir}; on {host} run: meshns ca import-intermediate {out_dir}")
+
+    @ca.command("import-intermediate")
+    @click.argument("src", metavar="DIR", type=click.Path(path_type=Path))
+    @click.option("--replace", is_flag=True,
+                  help="Replace the intermediate and roots of this host's intermediate-mode CA (a renewal).")
+    @click.pass_context
+    def ca_import_intermediate(ctx: click.Context, src: Path, replace: bool) -> None:
+        """Make this host's CA sign with the intermediate in DIR (from `meshns ca intermediate`)."""
+        require_root("meshns ca import-intermediate")
+        handoff = read_handoff(src)
+        mesh = mesh_of(ctx)
+        if replace and CertAuthority.exists(mesh.cfg.ca_dir):
+            # The CA keeps its trust domain; an intermediate for another one fails its SAN check.
+            serial = CertAuthority.load(mesh.cfg.ca_dir).install_intermediate(
+                handoff.roots_pem, handoff.intermediate_cert_pem, handoff.intermediate_key_pem)
+            click.echo(f"intermediate {serial} installed; workload certificates are being re-issued from it")
+            return
+        existed = CertAuthority.exists(mesh.cfg.ca_dir)
+        authority = CertAuthority.init_intermediate(mesh.cfg.ca_dir, handoff.trust_domain, handoff.workload_ttl_s,
+                                                    handoff.roots_pem, handoff.intermediate_cert_pem,
+                                                    handoff.intermediate_key_pem)
+        inter = authority.intermediate
+        assert inter is not None
+        click.echo(f"{'already imported' if existed else 'imported'}: intermediate {inter.serial} for host "
+                   f"{inter.host or '?'}, trust domain {authority.trust_domain}, valid until "
+                   f"{_stamp(inter.not_after)}, in {mesh.cfg.ca_dir}")
 
     @ca.command("rotate")
     @click.option("--wait", "wait_s", type=float, default=ROTATE_WAIT_S, show_default=True,
@@ -136,9 +206,11 @@ def register(cli: click.Group, mesh_of: Callable[[click.Context], Mesh], output:
         if info is None:
             raise NotFoundError(f"pod {pod!r} has no certificate yet")
         doc = {k: info.get(k) for k in ("identity", "serial", "not_before", "not_after", "issued_at", "roots")}
+        doc["issuer"], doc["chain"] = _issuer(info.get("cert_pem"))
         emit(doc, fmt, "\n".join(
             f"{k:<11} {v}" for k, v in (
                 ("identity", info.get("identity")), ("serial", info.get("serial")),
+                ("issuer", doc["issuer"]), ("chain", doc["chain"]),
                 ("not before", _stamp(info.get("not_before"))), ("not after", _stamp(info.get("not_after"))),
                 ("issued", _stamp(info.get("issued_at"))), ("roots", info.get("roots")))))
 

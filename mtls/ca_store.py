@@ -1,7 +1,7 @@
 """The CA directory's files: the state model (ca.json), the lock, atomic writes. No cryptography here.
 
-ca.json is the commit point of every change: root files are written before it names them and
-deleted after it stops naming them, and every file is replaced whole (tmp file + os.replace), so a
+ca.json is the commit point of every change: root and intermediate files are written before it
+names them and deleted after it stops naming them, and every file is replaced whole (tmp file + os.replace), so a
 reader holding the shared lock always sees a consistent CA even if a writer crashed midway.
 """
 
@@ -26,6 +26,10 @@ STATE_FILE = "ca.json"
 LOCK_FILE = ".lock"
 MIN_TTL_S = 1.0
 ROOT_STATES = ("active", "pending", "retiring")
+# A CA in intermediate mode holds no root key: its roots are only trusted (the bundle), and it signs
+# with an intermediate the root holder issued to this host. ca.json without "mode" is root mode.
+MODES = ("root", "intermediate")
+TRUSTED = "trusted"
 
 _SERIAL_RE = re.compile(r"[0-9a-f]{1,64}")  # also keeps root file names free of path tricks
 
@@ -40,19 +44,36 @@ class RootInfo(NamedTuple):
     retire_at: float | None
 
 
+class IntermediateInfo(NamedTuple):
+    """The intermediate this CA signs workload certificates with."""
+
+    serial: str
+    host: str
+    issuer: str  # serial of the root that signed it
+    not_before: float
+    not_after: float
+
+
 @dataclass(frozen=True)
 class CaState:
     trust_domain: str
     workload_ttl_s: float
     generation: int
     roots: tuple[RootInfo, ...]
+    mode: str = "root"
+    intermediate: IntermediateInfo | None = None
 
     def serial(self, state: str) -> str | None:
         return next((r.serial for r in self.roots if r.state == state), None)
 
     def to_json(self) -> bytes:
-        doc = {"trust_domain": self.trust_domain, "workload_ttl_s": self.workload_ttl_s,
-               "generation": self.generation, "roots": [r._asdict() for r in self.roots]}
+        doc: dict[str, object] = {}
+        if self.mode != "root":  # root mode writes what it always wrote: older files stay byte-compatible
+            doc["mode"] = self.mode
+        doc.update({"trust_domain": self.trust_domain, "workload_ttl_s": self.workload_ttl_s,
+                    "generation": self.generation, "roots": [r._asdict() for r in self.roots]})
+        if self.intermediate is not None:
+            doc["intermediate"] = self.intermediate._asdict()
         return (json.dumps(doc, indent=2) + "\n").encode()
 
 
@@ -125,6 +146,9 @@ def _number(v: object) -> float | None:
 def _parse_state(doc: object) -> CaState:
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
+    mode = doc.get("mode", "root")
+    if mode not in MODES:
+        raise ValueError(f"mode {str(mode)[:40]!r} is not one of {', '.join(MODES)}")
     td, ttl, gen, roots = (doc.get(k) for k in ("trust_domain", "workload_ttl_s", "generation", "roots"))
     if not isinstance(td, str):
         raise ValueError("trust_domain is not a string")
@@ -143,13 +167,39 @@ def _parse_state(doc: object) -> CaState:
         serial, state, retire_at = r.get("serial"), r.get("state"), r.get("retire_at")
         if not isinstance(serial, str) or not _SERIAL_RE.fullmatch(serial):
             raise ValueError(f"root serial {serial!r} is not lower-case hex")
-        if not isinstance(state, str) or state not in ROOT_STATES:
-            raise ValueError(f"root {serial}: state {state!r} is not one of {', '.join(ROOT_STATES)}")
+        allowed = ROOT_STATES if mode == "root" else (TRUSTED,)
+        if not isinstance(state, str) or state not in allowed:
+            raise ValueError(f"root {serial}: state {state!r} is not one of {', '.join(allowed)}")
         retire = _number(retire_at)
         if (state == "retiring") != (retire is not None) or (retire is None and retire_at is not None):
             raise ValueError(f"root {serial}: retire_at must be a number exactly when the root is retiring")
         out.append(RootInfo(serial, state, retire))
     states = [r.state for r in out]
-    if states.count("active") != 1 or states.count("pending") > 1 or len({r.serial for r in out}) != len(out):
-        raise ValueError("the root set needs exactly one active root, at most one pending and unique serials")
-    return CaState(td, ttl_s, gen, tuple(out))
+    if len({r.serial for r in out}) != len(out):
+        raise ValueError("root serials must be unique")
+    if mode == "root" and (states.count("active") != 1 or states.count("pending") > 1):
+        raise ValueError("the root set needs exactly one active root and at most one pending")
+    if mode == "intermediate" and not out:
+        raise ValueError("an intermediate-mode CA needs at least one trusted root")
+    inter = _parse_intermediate(doc.get("intermediate"), {r.serial for r in out})
+    if mode == "intermediate" and inter is None:
+        raise ValueError("an intermediate-mode CA needs its intermediate")
+    return CaState(td, ttl_s, gen, tuple(out), mode, inter)
+
+
+def _parse_intermediate(doc: object, root_serials: set[str]) -> IntermediateInfo | None:
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        raise ValueError("intermediate is not a JSON object")
+    serial, host, issuer = doc.get("serial"), doc.get("host"), doc.get("issuer")
+    if not isinstance(serial, str) or not _SERIAL_RE.fullmatch(serial):
+        raise ValueError(f"intermediate serial {serial!r} is not lower-case hex")
+    if not isinstance(host, str) or len(host) > 253:
+        raise ValueError("intermediate host is not a host name")
+    if not isinstance(issuer, str) or issuer not in root_serials:
+        raise ValueError(f"intermediate {serial}: its issuer {issuer!r} is not one of the roots")
+    nb, na = _number(doc.get("not_before")), _number(doc.get("not_after"))
+    if nb is None or na is None or na <= nb:
+        raise ValueError(f"intermediate {serial}: not_before and not_after must be numbers, in that order")
+    return IntermediateInfo(serial, host, issuer, nb, na)

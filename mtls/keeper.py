@@ -7,8 +7,13 @@ supervisor then calls ``tick()`` now and then; it reads the small ca.json and an
 - rebundle: the root set changed but our signer is still the active root (``rotate_begin`` added a
   pending root, or ``prune`` dropped a retired one): the same certificate and key go out again with
   the new bundle, so the sidecar trusts the new root before anybody is signed by it;
-- reissue: half the lifetime has passed, or the root that signed us is no longer the active one
-  (``rotate_commit``): a new key and a certificate from the active root, with the current bundle.
+- reissue: half the lifetime has passed, or what signed us is no longer what signs (``rotate_commit``,
+  or a new intermediate): a new key and a certificate from the current signer, with the current bundle.
+
+"What signs" is the CA's ``signer_serial``: the active root, or the intermediate when the CA signs
+with one (multi-host, mtls/intermediate.py). A certificate never outlives its intermediate, so one
+issued near the intermediate's end is cut short; re-issuing it at half-life would only buy another,
+shorter one from the same intermediate, so that waits for a renewed intermediate instead.
 
 That order is what makes a root rotation drop no handshake: every sidecar trusts the pending root
 before the commit, and keeps trusting the old one (retiring) until certificates it signed are gone.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,9 +44,12 @@ class TickAction(enum.Enum):
 
 
 def decide_tick(*, now: float, issued_at: float, not_after: float, signer: str, active: str,
-                sent_generation: int, generation: int) -> TickAction:
-    """Pure: what the keeper does on a tick, given the certificate it last sent and the CA's state."""
-    if signer != active or rotation_due(issued_at, not_after, now):
+                sent_generation: int, generation: int, signer_not_after: float = math.inf) -> TickAction:
+    """Pure: what the keeper does on a tick, given the certificate it last sent and the CA's state.
+    ``active`` is what signs now, ``signer_not_after`` the latest end it can give a certificate."""
+    if signer != active:
+        return TickAction.REISSUE
+    if rotation_due(issued_at, not_after, now) and not_after < signer_not_after:
         return TickAction.REISSUE
     if generation != sent_generation:
         return TickAction.REBUNDLE
@@ -56,7 +65,7 @@ class IdentityKeeper:
         self._clock = clock
         self._ca: CertAuthority | None = None
         self._current: WorkloadTls | None = None
-        self._signer = ""  # serial of the root that signed the current certificate
+        self._signer = ""  # serial of the root or intermediate that signed the current certificate
         self._sent_generation = 0  # CA generation the current bundle was read at
 
     @property
@@ -84,8 +93,8 @@ class IdentityKeeper:
                 log.warning("could not prune retired roots: %s", exc)
         cur = self._current
         action = decide_tick(now=now, issued_at=cur.issued_at, not_after=cur.not_after, signer=self._signer,
-                             active=ca.active_serial, sent_generation=self._sent_generation,
-                             generation=ca.generation)
+                             active=ca.signer_serial, sent_generation=self._sent_generation,
+                             generation=ca.generation, signer_not_after=ca.signer_not_after)
         if action is TickAction.REISSUE:
             return self._issue(now)
         if action is TickAction.REBUNDLE:
@@ -110,7 +119,10 @@ class IdentityKeeper:
         # issue() read the CA state it signed under; remember the signer from that state. The bundle
         # is read after it, so it is at least as new; if the root set moved in between, the next tick
         # sees a signer that is no longer active (or a newer generation) and acts on it.
-        self._signer = ca.active_serial
+        self._signer = ca.signer_serial
+        if cert.not_after >= ca.signer_not_after:
+            log.warning("%s: certificate cut short at its intermediate's end (%s); the intermediate needs renewing",
+                        self._spiffe.uri, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cert.not_after)))
         bundle = ca.bundle_pem(now)
         self._sent_generation = ca.generation
         self._current = WorkloadTls(identity=self._spiffe.uri, cert_pem=cert.cert_pem, key_pem=key_pem(key),

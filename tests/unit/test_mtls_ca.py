@@ -72,7 +72,7 @@ def test_root_certificate(tmp_path: Path) -> None:
     assert isinstance(root.public_key(), ec.EllipticCurvePublicKey)
     assert root.public_key().curve.name == "secp256r1"  # type: ignore[union-attr]
     bc = root.extensions.get_extension_for_class(x509.BasicConstraints)
-    assert bc.critical and bc.value.ca and bc.value.path_length == 0
+    assert bc.critical and bc.value.ca and bc.value.path_length == 1  # room for per-host intermediates
     ku = root.extensions.get_extension_for_class(x509.KeyUsage)
     assert ku.critical and ku.value.key_cert_sign and ku.value.crl_sign and not ku.value.digital_signature
     root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
