@@ -128,7 +128,8 @@ def render_docs(docs: list[ConfigDoc], fmt: str) -> str:
 
 
 def service_rows(mesh: Mesh) -> list[dict[str, Any]]:
-    pods = mesh.registry.list_pods()
+    # Other hosts' pods (multi-host) are listed as <pod>.<host>.
+    pods = mesh.registry.list_pods() + [r.as_record() for r in mesh.registry.list_remote_pods()]
     rows = []
     for s in mesh.registry.list_services():
         members = [p for p in pods if any(d.service == s.name for d in p.spec.services)]
@@ -145,8 +146,8 @@ def service_detail(mesh: Mesh, name: str) -> dict[str, Any]:
     services = [s for s in mesh.registry.list_services() if s.name == name]
     if not services:
         raise NotFoundError(f"service {name!r} does not exist")
-    compiled, warnings = compile_services(services, mesh.registry.list_pods(),
-                                          stored_docs(mesh.registry.list_configs()))
+    pods = mesh.registry.list_pods() + [r.as_record() for r in mesh.registry.list_remote_pods()]
+    compiled, warnings = compile_services(services, pods, stored_docs(mesh.registry.list_configs()))
     data: dict[str, Any] = asdict(compiled[0])
     data["warnings"] = warnings
     return data

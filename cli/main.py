@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from meshns.cli import config_cmds, ops_cmds, security_cmds
+from meshns.cli import config_cmds, host_cmds, ops_cmds, security_cmds
 from meshns.cli.output import emit, table
 from meshns.cli.security_cmds import DURATION, validate_identity_parts
 from meshns.config import ConfigRequest
@@ -210,6 +210,7 @@ def gc(ctx: click.Context) -> None:
 config_cmds.register(cli, _mesh, OUTPUT)
 ops_cmds.register(cli, _mesh, OUTPUT)
 security_cmds.register(cli, _mesh, OUTPUT)
+host_cmds.register(cli, _mesh, OUTPUT)
 
 
 def main() -> None:

@@ -44,6 +44,9 @@ class MeshConfig:
     pod_cidr: IPv4Network
     ns_prefix: str
     service_cidr: IPv4Network = IPv4Network(DEFAULT_SERVICE_CIDR)  # noqa: RUF009 - immutable
+    # Multi-host: the whole mesh's pod range (every host's block), recorded by `host join`.
+    # Forwarding between the bridge and it is allowed; everything else stays on the host.
+    cluster_cidr: IPv4Network | None = None
 
     @property
     def registry_path(self) -> Path:
@@ -103,6 +106,7 @@ def resolve(request: ConfigRequest, recorded: dict[str, str]) -> MeshConfig:
         pod_cidr=parse_pod_cidr(values["pod_cidr"]),
         ns_prefix=validate_ns_prefix(values["ns_prefix"]),
         service_cidr=_service_cidr(values["service_cidr"], values["pod_cidr"]),
+        cluster_cidr=parse_pod_cidr(recorded["cluster_cidr"]) if recorded.get("cluster_cidr") else None,
     )
 
 
@@ -114,5 +118,8 @@ def _service_cidr(text: str, pod_cidr: str) -> IPv4Network:
 
 
 def to_record(cfg: MeshConfig) -> dict[str, str]:
-    return {"bridge": cfg.bridge, "pod_cidr": str(cfg.pod_cidr), "ns_prefix": cfg.ns_prefix,
-            "service_cidr": str(cfg.service_cidr)}
+    out = {"bridge": cfg.bridge, "pod_cidr": str(cfg.pod_cidr), "ns_prefix": cfg.ns_prefix,
+           "service_cidr": str(cfg.service_cidr)}
+    if cfg.cluster_cidr is not None:
+        out["cluster_cidr"] = str(cfg.cluster_cidr)
+    return out

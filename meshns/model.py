@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from ipaddress import IPv4Address
 
@@ -92,3 +92,29 @@ class PodRecord:
     owner_pid: int | None
     created_at: float
     updated_at: float
+
+
+@dataclass(frozen=True)
+class RemotePod:
+    """A ready pod on another host of a multi-host mesh, as that host's agent published it.
+
+    Only what other hosts need to route to it and check its identity: its address, labels,
+    the services it serves, its namespace and service account (``spec.app`` is never shared).
+    """
+
+    host: str
+    name: str
+    ip: IPv4Address
+    spec: PodSpec
+
+    @property
+    def qualified(self) -> str:
+        """The name other hosts know it by: pod names are only unique per host."""
+        return f"{self.name}.{self.host}"
+
+    def as_record(self) -> PodRecord:
+        """The view the compiler works on: a ready pod with no local namespace."""
+        # The identity keeps the pod's own name as its account, not the qualified one.
+        spec = replace(self.spec, service_account=account_of(self.name, self.spec))
+        return PodRecord(name=self.qualified, ip=self.ip, netns="", veth="", state=PodState.READY,
+                         spec=spec, owner_pid=None, created_at=0.0, updated_at=0.0)

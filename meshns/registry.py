@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Protocol
 
-from meshns.model import PodRecord, PodSpec, PodState, ServiceRecord
+from meshns.model import PodRecord, PodSpec, PodState, RemotePod, ServiceRecord
 
 Allocator = Callable[[set[IPv4Address]], IPv4Address]
 ConfigKey = tuple[str, str, str]  # kind, namespace, name
@@ -88,5 +88,13 @@ class Registry(Protocol):
     def unrevoke(self, identity: str) -> bool: ...
 
     def list_revoked(self) -> list[str]: ...
+
+    def replace_remote_pods(self, pods: list[RemotePod]) -> bool:
+        """Multi-host: the other hosts' ready pods, as this host's agent last saw them."""
+        ...
+
+    def list_remote_pods(self) -> list[RemotePod]: ...
+
+    def set_meta(self, values: dict[str, str], remove: tuple[str, ...] = ()) -> None: ...
 
     def close(self) -> None: ...

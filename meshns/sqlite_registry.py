@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from meshns.errors import ConflictError, RegistryError
-from meshns.model import PodRecord, PodSpec, PodState, ServiceRecord
+from meshns.model import PodRecord, PodSpec, PodState, RemotePod, ServiceRecord
 from meshns.registry import Allocator, ConfigKey, ConfigRow
 from meshns.statefs import registry_error
 
@@ -58,9 +58,16 @@ CREATE TABLE IF NOT EXISTS revocations (
     identity TEXT PRIMARY KEY,
     revoked_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS remote_pods (
+    host TEXT NOT NULL,
+    name TEXT NOT NULL,
+    ip TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    PRIMARY KEY (host, name)
+);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '0');
 """
-TABLES = ("meta", "pods", "services", "configs", "revocations")
+TABLES = ("meta", "pods", "services", "configs", "revocations", "remote_pods")
 
 
 class SqliteRegistry:
@@ -337,6 +344,38 @@ class SqliteRegistry:
 
     def list_revoked(self) -> list[str]:
         return [str(r[0]) for r in self._read("SELECT identity FROM revocations ORDER BY identity")]
+
+    # -- other hosts' pods (multi-host: written only by this host's agent) ----------------------
+    def replace_remote_pods(self, pods: list[RemotePod]) -> bool:
+        """Make the stored set of other hosts' pods exactly ``pods``; True if that changed it
+        (and then the generation moves on, so sidecars reload)."""
+        want = sorted((p.host, p.name, str(p.ip), p.spec.to_json()) for p in pods)
+
+        def txn(db: sqlite3.Connection) -> bool:
+            have = sorted((str(h), str(n), str(i), str(s)) for h, n, i, s in
+                          db.execute("SELECT host, name, ip, spec FROM remote_pods"))
+            if have == want:
+                return False
+            db.execute("DELETE FROM remote_pods")
+            db.executemany("INSERT INTO remote_pods (host, name, ip, spec) VALUES (?, ?, ?, ?)", want)
+            self._bump(db)
+            return True
+
+        return self._txn(txn)
+
+    def list_remote_pods(self) -> list[RemotePod]:
+        rows = self._read("SELECT host, name, ip, spec FROM remote_pods ORDER BY host, name")
+        return [RemotePod(str(h), str(n), IPv4Address(str(i)), PodSpec.from_json(str(s))) for h, n, i, s in rows]
+
+    def set_meta(self, values: dict[str, str], remove: tuple[str, ...] = ()) -> None:
+        """Overwrite mesh settings (host join records the claimed pod CIDR and the cluster CIDR;
+        the caller checks no pod depends on the old values)."""
+        def txn(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", sorted(values.items()))
+            db.executemany("DELETE FROM meta WHERE key = ?", [(k,) for k in remove])
+            self._bump(db)
+
+        self._txn(txn)
 
     def close(self) -> None:
         self._db.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 
+from meshns.cluster import hostfile, routes
 from meshns.mesh import Mesh
 from meshns.model import PodRecord, PodState
 from meshns.names import veth_host_name
@@ -121,11 +122,22 @@ def gc(mesh: Mesh) -> list[str]:
         if not mesh.registry.list_pods() and (apply.link_exists(bridge) or hostguard.guard_installed(bridge)):
             remove_bridge(mesh)
             done.append(f"removed bridge {bridge} and its guard rules (no pods left)")
+    done.extend(_cluster_leftovers(mesh))
     behind = publish.stale(mesh)
     if behind:
         publish.publish(mesh)
         done.append(f"republished hosts files and snapshots (out of date in: {', '.join(behind)})")
     return done
+
+
+def _cluster_leftovers(mesh: Mesh) -> list[str]:
+    """Routes to other hosts' pod blocks outlive a killed agent; once this host is no longer a
+    member (no settings: it left, or never joined) nothing should route there any more."""
+    if hostfile.load_settings(mesh.cfg.state_dir) is not None or not routes.installed():
+        return []
+    if procs.find_processes("meshns.cluster.agent"):
+        return []  # another mesh's agent on this host owns them (routes carry no mesh name)
+    return [f"removed {routes.remove_all()} route(s) to other hosts' pod blocks (not a mesh member)"]
 
 
 def _remove_staged(pod_dir: os.PathLike[str]) -> list[str]:

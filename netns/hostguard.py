@@ -6,6 +6,11 @@ host's filter FORWARD chain close that; they carry a comment naming the bridge s
 and removed with it, and so nothing meshns adds outlives the mesh. Egress is an explicit option
 for a later issue.
 
+A host that has joined a multi-host mesh (``host join``) records the mesh's cluster CIDR; then
+two ACCEPT rules sit above the DROPs so pods reach other hosts' pod blocks (and only those),
+whatever the chain's policy is (Docker sets it to DROP). All four carry the same comment, so
+removing the guard removes them together.
+
 These are applied with the host's own ``iptables`` command (whichever backend, nft or legacy,
 the host uses), not python-iptables: on the host we share tables with the user's firewall, and
 writing the other backend is exactly the legacy/nft split that confuses operators. Inside a pod's
@@ -14,7 +19,9 @@ namespace the tables are ours alone.
 
 from __future__ import annotations
 
+import shlex
 import subprocess
+from ipaddress import IPv4Network
 
 from meshns.errors import SystemFailure
 
@@ -23,18 +30,26 @@ def guard_comment(bridge: str) -> str:
     return f"meshns-guard:{bridge}"
 
 
-def guard_rules(bridge: str) -> list[list[str]]:
-    """The rule specs (arguments after the chain name), pure."""
+def guard_rules(bridge: str, cluster_cidr: IPv4Network | None = None) -> list[list[str]]:
+    """The rule specs (arguments after the chain name) in chain order, pure."""
     c = guard_comment(bridge)
+    allow: list[list[str]] = []
+    if cluster_cidr is not None:
+        net = str(cluster_cidr)
+        allow = [
+            ["-i", bridge, "!", "-o", bridge, "-d", net, "-m", "comment", "--comment", c, "-j", "ACCEPT"],
+            ["!", "-i", bridge, "-o", bridge, "-s", net, "-m", "comment", "--comment", c, "-j", "ACCEPT"],
+        ]
     return [
+        *allow,
         ["-i", bridge, "!", "-o", bridge, "-m", "comment", "--comment", c, "-j", "DROP"],
         ["!", "-i", bridge, "-o", bridge, "-m", "comment", "--comment", c, "-j", "DROP"],
     ]
 
 
-def render_guard(bridge: str) -> list[str]:
+def render_guard(bridge: str, cluster_cidr: IPv4Network | None = None) -> list[str]:
     out = []
-    for spec in guard_rules(bridge):
+    for spec in guard_rules(bridge, cluster_cidr):
         words = [f'"{w}"' if w.startswith("meshns-guard") else w for w in spec]
         out.append("iptables -t filter -I FORWARD " + " ".join(words))
     return out
@@ -48,8 +63,10 @@ def _iptables(*args: str) -> subprocess.CompletedProcess[str]:
         raise SystemFailure(f"cannot run iptables: {exc}") from exc
 
 
-def ensure_guard(bridge: str) -> None:
-    for spec in guard_rules(bridge):
+def ensure_guard(bridge: str, cluster_cidr: IPv4Network | None = None) -> None:
+    # Inserted at the top in reverse, so the chain ends up in guard_rules' order: a missing
+    # ACCEPT added later still lands above the DROPs.
+    for spec in reversed(guard_rules(bridge, cluster_cidr)):
         if _iptables("-C", "FORWARD", *spec).returncode == 0:
             continue
         done = _iptables("-I", "FORWARD", *spec)
@@ -58,11 +75,16 @@ def ensure_guard(bridge: str) -> None:
 
 
 def remove_guard(bridge: str) -> None:
-    for spec in guard_rules(bridge):
-        # -D removes one copy per call; loop in case an interrupted run added two.
-        for _ in range(16):
-            if _iptables("-D", "FORWARD", *spec).returncode != 0:
-                break
+    """Remove every rule carrying this bridge's comment, whatever cluster CIDR it allowed (the
+    mesh may have left its cluster since they were made)."""
+    comment = guard_comment(bridge)
+    for _ in range(16):
+        lines = [ln for ln in _iptables("-S", "FORWARD").stdout.splitlines()
+                 if comment in ln and ln.startswith("-A FORWARD ")]
+        if not lines:
+            return
+        for line in lines:
+            _iptables("-D", *shlex.split(line)[1:])  # -S quotes the comment: "meshns-guard:..."
 
 
 def guard_installed(bridge: str) -> int:

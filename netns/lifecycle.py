@@ -83,7 +83,8 @@ def dry_run(cfg: MeshConfig, pods: list[PodRecord], name: str, spec: PodSpec) ->
     net = plan_pod_network(cfg, name, ip, ns, veth_host_name(ns))
     parts = [
         render_plan(net),
-        "# host forward guard (once per bridge)\n" + "\n".join(hostguard.render_guard(cfg.bridge)) + "\n",
+        "# host forward guard (once per bridge)\n"
+        + "\n".join(hostguard.render_guard(cfg.bridge, cfg.cluster_cidr)) + "\n",
         f"# init step: interception rules, applied in {ns} (iptables-legacy-save format)\n"
         + render_save(rules),
         f"# then: sidecar (uid 1337) on 15001/15006, validation probes, then the app: "
@@ -113,7 +114,7 @@ def create(mesh: Mesh, name: str, spec: PodSpec, ready_timeout_s: float = 10.0) 
         with mesh.locked():
             apply.ensure_bridge(mesh.cfg.bridge, ipam.gateway_interface(mesh.cfg.pod_cidr))
             crash_point("create:bridge-ready")
-            hostguard.ensure_guard(mesh.cfg.bridge)
+            hostguard.ensure_guard(mesh.cfg.bridge, mesh.cfg.cluster_cidr)
             crash_point("create:guard-installed")
 
             def vip(used: set[IPv4Address]) -> IPv4Address:

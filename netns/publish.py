@@ -22,7 +22,7 @@ from pathlib import Path
 
 from meshns.compiler import compile_services, pod_security, security_for, snapshot_for, stored_docs, workloads_of
 from meshns.mesh import Mesh
-from meshns.model import PodRecord, PodState, ServiceRecord
+from meshns.model import PodRecord, PodState, RemotePod, ServiceRecord
 from meshns.mtls.ca import CertAuthority
 from meshns.netns import files
 from meshns.statefs import state_writes
@@ -44,13 +44,16 @@ def _stage(path: Path, text: str) -> Path:
     return tmp
 
 
-def hosts_text(pods: list[PodRecord], services: list[ServiceRecord]) -> str:
+def hosts_text(pods: list[PodRecord], services: list[ServiceRecord],
+               remote: list[RemotePod] | None = None) -> str:
     # A service and a pod may share a name (pod "web" serving service "web"). The service wins,
     # as in Kubernetes, where a name is a Service: with both lines, glibc answers with the first,
     # and callers would reach the pod directly, missing routes, balancing and retries.
     taken = {s.name for s in services}
-    return files.render_hosts([(p.name, p.ip) for p in pods if p.name not in taken]
-                              + [(s.name, s.vip) for s in services])
+    entries = [(p.name, p.ip) for p in pods if p.name not in taken]
+    # Other hosts' pods are known as <pod>.<host>; pod names are only unique per host.
+    entries += [(r.qualified, r.ip) for r in remote or () if r.qualified not in taken]
+    return files.render_hosts(entries + [(s.name, s.vip) for s in services])
 
 
 def publish(mesh: Mesh) -> list[str]:
@@ -59,14 +62,16 @@ def publish(mesh: Mesh) -> list[str]:
         reg = mesh.registry
         generation = reg.generation()
         pods = reg.list_pods()
+        remote = reg.list_remote_pods()
+        everyone = pods + [r.as_record() for r in remote]  # endpoints and peers on every host
         services = reg.list_services()
         docs = stored_docs(reg.list_configs())
         ca_dir = mesh.cfg.ca_dir
         trust_domain = CertAuthority.load(ca_dir).trust_domain if CertAuthority.exists(ca_dir) else None
-        sec = pod_security(pods, docs, trust_domain)
+        sec = pod_security(everyone, docs, trust_domain)
         revoked = reg.list_revoked()
-        compiled, warnings = compile_services(services, pods, docs, sec)
-        workloads = workloads_of(pods, sec)
+        compiled, warnings = compile_services(services, everyone, docs, sec)
+        workloads = workloads_of(everyone, sec)
         staged: list[tuple[Path, Path]] = []
         try:
             with state_writes(mesh.cfg.state_dir, "writing the pods' snapshots"):
@@ -77,7 +82,7 @@ def publish(mesh: Mesh) -> list[str]:
                                             security_for(pod.name, sec, trust_domain, revoked))
                         path = pod_dir / SNAPSHOT_FILE
                         staged.append((_stage(path, snap.to_json()), path))
-            hosts = hosts_text(pods, services)
+            hosts = hosts_text(pods, services, remote)
             for pod in pods:
                 files.write_hosts(pod.netns, hosts)
         except BaseException:
@@ -120,7 +125,7 @@ def stale(mesh: Mesh) -> list[str]:
     pods = reg.list_pods()
     views = [PodView(p.name, p.state == PodState.READY, _snapshot_version(mesh.cfg.pod_dir(p.name)),
                      files.read_hosts(p.netns)) for p in pods]
-    return stale_pods(views, generation, hosts_text(pods, reg.list_services()))
+    return stale_pods(views, generation, hosts_text(pods, reg.list_services(), reg.list_remote_pods()))
 
 
 def _snapshot_version(pod_dir: Path) -> int | None:

@@ -21,6 +21,10 @@ if [ "${1:-}" = "--test" ]; then
   packages+=(tcpdump vagrant prometheus)   # prometheus: the tests scrape sidecars with a real one
   packages+=(nghttp2-client nghttp2-server)  # h2load, nghttp, nghttpd: HTTP/2 (h2c) load and servers
   packages+=(wrk nginx-light haproxy)         # the benchmark's smoke run (scripts/bench.sh --quick)
+  packages+=(etcd-server etcd-client)         # multi-host tests: a real etcd (and etcdctl)
+fi
+if [ "${1:-}" = "--multihost" ]; then
+  packages+=(etcd-server etcd-client)         # a host of a multi-host mesh (etcd for the first one)
 fi
 if [ "${1:-}" = "--bench" ]; then
   # wrk: closed-loop max rate; h2load: fixed-rate latency; nginx: the app; haproxy: the baseline.
@@ -41,7 +45,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
   # Likewise the packaged nginx and haproxy services: the benchmark starts its own, in namespaces.
-  for svc in nginx haproxy; do
+  for svc in nginx haproxy etcd; do
     if [[ " ${missing[*]} " == *" $svc"* ]] && command -v systemctl >/dev/null 2>&1; then
       systemctl disable --now "$svc" >/dev/null 2>&1 || true
     fi
