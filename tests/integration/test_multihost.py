@@ -191,6 +191,16 @@ def test_mesh_across_three_hosts(lan: Lan, tmp_path: Path) -> None:
     got = load(a, "client", "http://echo:9080/whoami", 30)
     assert got["status"] == {"200": 30} and got["backends"] == {"echo-b": 30}, got
 
+    # -- b is cut off longer than its TTL: it vanishes, then comes back by itself once the lan
+    # heals (its agent finds its lease expired, registers again and republishes its pods).
+    lan_link(lan, b, "down")
+    wait_for(lambda: "b" not in hosts_seen(a), "partitioned b to vanish from a's view", timeout=20)
+    lan_link(lan, b, "up")
+    back = wait_for(lambda: hosts_seen(a).get("b", {}).get("pods") == 1, "b and its pod to come back", timeout=30)
+    print(f"b partitioned past its TTL: back in a's view {back:.2f} s after the lan healed")
+    wait_for(lambda: load(a, "client", "http://echo:9080/whoami", 5)["status"] == {"200": 5},
+             "a to reach b's echo again")
+
     # -- etcd stops under load: sidecars keep their snapshots, nothing fails.
     runner = a.popen("meshns", "exec", "client", "--", PY, str(APPS / "load.py"), "http://echo:9080/whoami",
                      "-n", "100000", "--duration", "9", "--pace", "0.01", stdout=subprocess.PIPE)
@@ -222,6 +232,12 @@ def test_mesh_across_three_hosts(lan: Lan, tmp_path: Path) -> None:
     keys = lan.etcdctl("get", "--prefix", "--keys-only", "/meshns/default/blocks/").stdout.split()
     assert not any(blocks["b"].replace("/", "-") in k for k in keys), keys
     assert b.run_cmd("ip", "route", "show", "proto", "188").stdout.strip() == ""
+
+
+def lan_link(lan: Lan, h: SimHost, state: str) -> None:
+    """Unplug (or plug back) a host at the lan's side: its own link stays up, as when a switch
+    port or cable fails."""
+    subprocess.run(["ip", "-n", lan.lan_ns, "link", "set", h.lan_peer, state], check=True)
 
 
 def _write(tmp_path: Path, text: str) -> Path:
