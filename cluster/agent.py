@@ -125,6 +125,7 @@ class Agent:
         self.published: dict[str, bytes] = {}
         self.block: IPv4Network | None = None
         self.connected = False
+        self.dirty = False  # the registry changed and the sidecars have not been given it yet
         self.error = ""
         self.stopping = threading.Event()
         self.inbox: queue.Queue[Listing | WatchBatch] = queue.Queue()
@@ -285,8 +286,12 @@ class Agent:
                         log.warning("service %s from other hosts: %s", name, exc)
             local_changed |= self._sync_configs(mesh)
             local_changed |= self._sync_revoked(mesh)
-            if local_changed:
+            # Remembered until a publish succeeds: a publish that fails (the mesh lock held past
+            # the wait, a full disk) is retried, though the registry has the change already.
+            self.dirty |= local_changed
+            if self.dirty:
                 publish(mesh)
+                self.dirty = False
             if routes.sync(view.routes(self.view, self.s.mesh, self.s.name)):
                 log.info("routes: %s", {str(k): str(v) for k, v in routes.installed().items()})
             if changed or local_changed:

@@ -11,8 +11,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import yaml
+
 from meshns.istio.compile import compile_service
-from meshns.istio.parse import ConfigDoc, parse_documents
+from meshns.istio.parse import ConfigDoc, parse_values
 from meshns.istio.security_compile import compile_security
 from meshns.model import PodRecord, PodState, ServiceRecord, account_of
 from meshns.registry import ConfigRow
@@ -36,9 +38,15 @@ def pod_security(pods: Sequence[PodRecord], docs: Sequence[ConfigDoc],
                  trust_domain: str | None) -> dict[str, PodSecurity]:
     """Each pod's identity, effective PeerAuthentication and selected AuthorizationPolicies."""
     out: dict[str, PodSecurity] = {}
+    # Replicas share namespace and labels, so their policies are compiled once (a mesh of many
+    # hosts recompiles this for every pod of every host after each change).
+    compiled: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[PeerAuthn, tuple[AuthzPolicy, ...]]] = {}
     for p in pods:
-        authn, policies = compile_security(p.spec.namespace, dict(p.spec.labels), docs,
-                                            trust_domain=trust_domain or "cluster.local")
+        key = (p.spec.namespace, tuple(sorted(p.spec.labels)))
+        if key not in compiled:
+            compiled[key] = compile_security(p.spec.namespace, dict(p.spec.labels), docs,
+                                             trust_domain=trust_domain or "cluster.local")
+        authn, policies = compiled[key]
         out[p.name] = PodSecurity(identity_of(p, trust_domain), authn, policies)
     return out
 
@@ -54,8 +62,15 @@ def stored_docs(rows: Sequence[ConfigRow]) -> list[ConfigDoc]:
     """Parse the stored documents again (they were validated when applied)."""
     if not rows:
         return []
-    text = "\n---\n".join(r.doc for r in rows)  # JSON documents are YAML documents
-    return parse_documents(text, source="registry").docs
+    return parse_values((f"registry {r.kind}/{r.namespace}/{r.name}", _load(r.doc)) for r in rows).docs
+
+
+def _load(doc: str) -> object:
+    # Stored as JSON (apply writes json.dumps of the checked document); YAML only as a fallback.
+    try:
+        return json.loads(doc)
+    except ValueError:
+        return yaml.safe_load(doc)
 
 
 def service_host(name: str) -> str:
@@ -63,13 +78,14 @@ def service_host(name: str) -> str:
     return name.split(".", 1)[0]
 
 
-def _selects(doc: ConfigDoc, service: str) -> bool:
+def _selected_services(doc: ConfigDoc) -> list[str]:
+    """The services a VirtualService (its hosts) or DestinationRule (its host) applies to."""
     spec = doc.raw.get("spec") or {}
     if doc.kind == "VirtualService":
-        return any(service_host(str(h)) == service for h in spec.get("hosts") or ())
+        return list(dict.fromkeys(service_host(str(h)) for h in spec.get("hosts") or ()))
     if doc.kind == "DestinationRule":
-        return service_host(str(spec.get("host", ""))) == service
-    return False
+        return [service_host(str(spec.get("host", "")))]
+    return []
 
 
 def compile_services(services: Sequence[ServiceRecord], pods: Sequence[PodRecord],
@@ -78,13 +94,21 @@ def compile_services(services: Sequence[ServiceRecord], pods: Sequence[PodRecord
     out: list[Service] = []
     warnings: list[str] = []
     sec = sec or {}
-    ready = [p for p in pods if p.state == PodState.READY]
+    # Indexed once by service name, not scanned per service: cost grows with pods + services,
+    # not pods x services.
+    members: dict[str, list[PodRecord]] = {}
+    for p in pods:
+        if p.state == PodState.READY:
+            for name in dict.fromkeys(d.service for d in p.spec.services):
+                members.setdefault(name, []).append(p)
+    selected: dict[tuple[str, str], list[ConfigDoc]] = {}
+    for d in docs:
+        for name in _selected_services(d):
+            selected.setdefault((d.kind, name), []).append(d)
     for svc in services:
-        endpoints = tuple(
-            _endpoint(p, sec) for p in ready if any(d.service == svc.name for d in p.spec.services)
-        )
-        vs = [d for d in docs if d.kind == "VirtualService" and _selects(d, svc.name)]
-        dr = [d for d in docs if d.kind == "DestinationRule" and _selects(d, svc.name)]
+        endpoints = tuple(_endpoint(p, sec) for p in members.get(svc.name, ()))
+        vs = selected.get(("VirtualService", svc.name), [])
+        dr = selected.get(("DestinationRule", svc.name), [])
         policy = compile_service(svc.name, vs, dr)
         warnings.extend(policy.warnings)
         out.append(Service(

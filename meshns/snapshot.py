@@ -13,7 +13,7 @@ are 0..100.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal
 
 LbPolicy = Literal["least_request", "round_robin", "random"]
@@ -245,12 +245,32 @@ class Snapshot:
         """The index the sidecar uses per connection: (VIP, port) -> service."""
         return {(s.vip, p.port): s for s in self.services for p in s.ports}
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+    def to_json(self, memo: dict[int, Any] | None = None) -> str:
+        """``memo`` shared across the snapshots of one publish converts the services and workloads
+        every pod's snapshot holds once, not once per pod (see ``plain``)."""
+        return json.dumps(plain(self, {} if memo is None else memo), sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> Snapshot:
         return snapshot_from_dict(json.loads(text))
+
+
+def plain(obj: Any, memo: dict[int, Any]) -> Any:
+    """``dataclasses.asdict`` for the snapshot's frozen dataclasses, without its deep copies and
+    with each object converted once per ``memo``. Keyed by identity, so the memo holds the object
+    itself too: an id is only unique while its object lives, and a freed one's id is reused."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        hit = memo.get(id(obj))
+        if hit is None:
+            out = {f.name: plain(getattr(obj, f.name), memo) for f in fields(obj)}
+            memo[id(obj)] = (obj, out)
+            return out
+        return hit[1]
+    if isinstance(obj, (tuple, list)):
+        return [plain(x, memo) for x in obj]
+    if isinstance(obj, dict):
+        return {k: plain(v, memo) for k, v in obj.items()}
+    return obj
 
 
 def _t(items: Any) -> tuple[tuple[str, str], ...]:

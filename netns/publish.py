@@ -73,6 +73,7 @@ def publish(mesh: Mesh) -> list[str]:
         compiled, warnings = compile_services(services, everyone, docs, sec)
         workloads = workloads_of(everyone, sec)
         staged: list[tuple[Path, Path]] = []
+        memo: dict[int, object] = {}  # every pod's snapshot shares the services and workloads
         try:
             with state_writes(mesh.cfg.state_dir, "writing the pods' snapshots"):
                 for pod in pods:
@@ -81,7 +82,7 @@ def publish(mesh: Mesh) -> list[str]:
                         snap = snapshot_for(pod.name, generation, compiled, workloads,
                                             security_for(pod.name, sec, trust_domain, revoked))
                         path = pod_dir / SNAPSHOT_FILE
-                        staged.append((_stage(path, snap.to_json()), path))
+                        staged.append((_stage(path, snap.to_json(memo)), path))
             hosts = hosts_text(pods, services, remote)
             for pod in pods:
                 files.write_hosts(pod.netns, hosts)

@@ -10,7 +10,7 @@ render.to_json write) is unpacked into its items.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,10 +63,16 @@ class ParseResult:
 
 
 def parse_documents(text: str, source: str = "<input>") -> ParseResult:
+    return parse_values(_documents(text, source))
+
+
+def parse_values(values: Iterable[tuple[str, object]]) -> ParseResult:
+    """Documents already loaded (label, value): how stored JSON documents are read back without
+    going through the YAML parser (pure Python, and most of a large mesh's recompile)."""
     docs: list[ConfigDoc] = []
     warnings: list[str] = []
     seen: dict[tuple[str, str, str], str] = {}
-    for where, value in _documents(text, source):
+    for where, value in values:
         doc, doc_warnings = _parse_one(value, where)
         key = (doc.kind, doc.namespace, doc.name)
         if key in seen:

@@ -244,3 +244,40 @@ def _write(tmp_path: Path, text: str) -> Path:
     f = tmp_path / f"doc-{time.monotonic_ns()}.yaml"
     f.write_text(text)
     return f
+
+
+def test_host_commands_refuse_bad_input_and_leave_nothing(lan: Lan) -> None:
+    h = lan.add_host("e")
+    settings = h.state_dir / "host" / "settings.json"
+    bad = [
+        (["--etcd", "ftp://x", "--address", h.address], "expected http://"),
+        (["--etcd", lan.etcd_endpoint, "--address", "not-an-ip"], "not-an-ip"),
+        (["--etcd", lan.etcd_endpoint, "--address", h.address, "--name", "Bad_Name"], "Bad_Name"),
+        (["--etcd", lan.etcd_endpoint, "--address", h.address, "--cluster-cidr", cluster_cidr(lan),
+          "--block", "192.168.7.0/24"], "not inside"),
+    ]
+    for args, words in bad:
+        done = h.run("host", "join", *args, check=False)
+        assert done.returncode == 2 and words in done.stderr, (args, done)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert not settings.exists()
+    for args in (["host", "list"], ["host", "leave"]):
+        done = h.run(*args, check=False)
+        assert done.returncode == 2 and "not joined" in done.stderr, done
+
+    # Nothing listens on the lan's own address: the agent cannot join; the command says so,
+    # stops it and forgets the attempt.
+    nowhere = f"http://{lan.net}.0.1:2379"
+    done = h.run("host", "join", "--etcd", nowhere, "--address", h.address, "--wait", "3", check=False)
+    assert done.returncode == 3 and "did not join" in done.stderr, done
+    assert not settings.exists()
+    assert not [p for p in h.pids() if b"meshns.cluster.agent" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+    # Joining twice with the same settings is a no-op; with others it is refused.
+    h.run(*join_args(lan, h))
+    again = h.run(*join_args(lan, h))
+    assert "already joined" in again.stdout
+    other = h.run(*join_args(lan, h, "--ttl", "7"), check=False)
+    assert other.returncode == 2 and "other settings" in other.stderr, other
+    h.run("host", "leave")
+    assert not settings.exists()

@@ -116,3 +116,19 @@ def test_host_guard_lets_the_cluster_cidr_through_before_dropping() -> None:
     assert [r[-1] for r in plain] == ["DROP", "DROP"]
     assert [r[-1] for r in joined] == ["ACCEPT", "ACCEPT", "DROP", "DROP"] and joined[2:] == plain
     assert joined[0][5:7] == ["-d", "10.188.0.0/16"] and joined[1][5:7] == ["-s", "10.188.0.0/16"]
+
+
+def test_shared_memo_gives_each_snapshot_its_own_json() -> None:
+    """publish converts the shared services once for all pods; per-pod objects made and freed in
+    the loop must never be answered from the memo under a reused id."""
+    from dataclasses import asdict
+
+    from meshns.compiler import snapshot_for
+    from meshns.snapshot import Endpoint, Security
+
+    workloads = tuple(Endpoint(f"p{i}", f"10.0.0.{i}", ()) for i in range(5))
+    memo: dict[int, object] = {}
+    for i in range(200):
+        snap = snapshot_for(f"p{i}", i, (), workloads, Security(identity=f"spiffe://td/ns/default/sa/p{i}"))
+        assert json.loads(snap.to_json(memo)) == json.loads(json.dumps(asdict(snap))), i
+        del snap
