@@ -116,7 +116,9 @@ class Agent:
             raise MeshnsError(f"{state_dir}: not joined (no host settings)")
         self.state_dir = state_dir
         self.s = settings
-        self.etcd = Etcd(list(settings.endpoints))
+        # A call must not outlast the lease it keeps alive: with a short TTL a member that went
+        # silent mid-call would otherwise cost the host its lease.
+        self.etcd = Etcd(list(settings.endpoints), timeout_s=min(5.0, max(1.0, settings.ttl_s / 3)))
         self.prefix = view.prefix(settings.mesh)
         self.view: dict[str, bytes] = {}
         self.revision = 0
@@ -320,10 +322,16 @@ class Agent:
         base = {tuple(k.split("\0")): v for k, v in self.base.get("configs", {}).items()}
         plan = plan_sync(view.local_configs(reg.list_configs()), view.remote_configs(self.view, self.s.mesh),
                          base)
+        # Each push is folded into the view at once: the watch echoes it later, and a reconcile
+        # before that would otherwise see "etcd lacks what we agreed on" and undo it here.
         for key, value in plan.push_put.items():
-            self.etcd.put(view.config_key(self.s.mesh, key), view.config_value(value))
+            k, v = view.config_key(self.s.mesh, key), view.config_value(value)
+            self.etcd.put(k, v)
+            self.view[k] = v
         for key in plan.push_delete:
-            self.etcd.delete(view.config_key(self.s.mesh, key))
+            k = view.config_key(self.s.mesh, key)
+            self.etcd.delete(k)
+            self.view.pop(k, None)
         if plan.pulls:
             rows = [ConfigRow(k[0], k[1], k[2], v.text, v.stamp) for k, v in plan.pull_put.items()]
             reg.restore_configs(rows, list(plan.pull_delete))
@@ -335,10 +343,12 @@ class Agent:
         reg = mesh.registry
         local = {i: Value("revoked") for i in reg.list_revoked()}
         plan = plan_sync(local, view.remote_revoked(self.view, self.s.mesh), self.base.get("revoked", {}))
-        for ident in plan.push_put:
+        for ident in plan.push_put:  # folded into the view at once, as for documents
             self.etcd.put(view.revoked_key(self.s.mesh, ident), b"")
+            self.view[view.revoked_key(self.s.mesh, ident)] = b""
         for ident in plan.push_delete:
             self.etcd.delete(view.revoked_key(self.s.mesh, ident))
+            self.view.pop(view.revoked_key(self.s.mesh, ident), None)
         for ident in plan.pull_put:
             reg.revoke(ident)
         for ident in plan.pull_delete:

@@ -8,12 +8,17 @@ Connections: every unary call opens a fresh connection. That costs a TCP handsha
 the client thread-safe and immune to stale kept-alive connections after etcd restarts, and it
 makes the failover rule simple: if an endpoint cannot be *connected to*, the next is tried; a
 connection that drops after a request was sent is only retried elsewhere for reads, because a
-write may have been applied (the caller gets EtcdUnavailable and must re-read).
+write may have been applied (the caller gets EtcdUnavailable and must re-read). A member that is
+down without refusing (its machine off, its cable cut) answers nothing at all, so connecting
+gives up after CONNECT_TIMEOUT_S while another endpoint is left to try, not after the whole
+request timeout: a failover must fit well inside a lease's TTL, or every host's lease expires
+the moment the member it talked to vanishes.
 
 Watch: a streaming POST read from a raw socket through h11 (already a dependency), because
 ``http.client`` responses are unusable after a socket timeout and the watcher needs a short
 timeout to notice its stop flag. TCP keepalive finds a peer that vanished without a FIN, since a
-healthy watch may be silent for minutes.
+healthy watch may be silent for minutes; it must find it within seconds, because until then the
+watcher's view is frozen without any error (the stream is simply quiet).
 """
 
 from __future__ import annotations
@@ -57,7 +62,9 @@ __all__ = ["KV", "Compacted", "Etcd", "EtcdError", "EtcdUnavailable", "Event", "
 STOP_POLL_S = 1.0  # how often a silent watch looks at its stop flag
 _RECV_BYTES = 65536
 # Keepalive probes on the watch socket: a dead peer is noticed after about idle + intvl * cnt.
-_KEEPALIVE = ((socket.TCP_KEEPIDLE, 10), (socket.TCP_KEEPINTVL, 5), (socket.TCP_KEEPCNT, 3))
+_KEEPALIVE = ((socket.TCP_KEEPIDLE, 3), (socket.TCP_KEEPINTVL, 1), (socket.TCP_KEEPCNT, 3))
+# Connecting to an endpoint when another is left to try (the last one gets the full timeout).
+CONNECT_TIMEOUT_S = 1.0
 
 
 def _why(exc: BaseException) -> str:
@@ -65,11 +72,13 @@ def _why(exc: BaseException) -> str:
 
 
 class Etcd:
-    def __init__(self, endpoints: Sequence[str], timeout_s: float = 5.0) -> None:
+    def __init__(self, endpoints: Sequence[str], timeout_s: float = 5.0,
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         if isinstance(endpoints, str) or not endpoints:
             raise EtcdError("etcd endpoints must be a non-empty list of http://HOST:PORT")
         self._endpoints = [parse_endpoint(url) for url in endpoints]
         self._timeout_s = timeout_s
+        self._connect_timeout_s = min(connect_timeout_s, timeout_s)
         self._current = 0  # the endpoint that answered last: tried first next time
 
     @property
@@ -187,7 +196,9 @@ class Etcd:
             if event is h11.NEED_DATA:
                 try:
                     conn.receive_data(sock.recv(_RECV_BYTES))
-                except TimeoutError:
+                except TimeoutError as exc:
+                    if exc.errno is not None:  # ETIMEDOUT: keepalive probes went unanswered
+                        raise EtcdUnavailable(f"etcd at {where}: watch stream broke: {_why(exc)}") from exc
                     if not status and time.monotonic() > headers_by:
                         raise EtcdUnavailable(f"etcd at {where}: no answer to the watch request") from None
                 except OSError as exc:
@@ -217,15 +228,20 @@ class Etcd:
         n = len(self._endpoints)
         return [(self._current + i) % n for i in range(n)]
 
+    def _connect_timeout(self, attempt: int) -> float:
+        """Short while another endpoint is left to try; the whole timeout for the last one."""
+        return self._connect_timeout_s if attempt < len(self._endpoints) - 1 else self._timeout_s
+
     def _connect_any(self) -> tuple[socket.socket, str]:
         failures = []
-        for idx in self._order():
+        for attempt, idx in enumerate(self._order()):
             host, port = self._endpoints[idx]
             try:
-                sock = socket.create_connection((host, port), timeout=self._timeout_s)
+                sock = socket.create_connection((host, port), timeout=self._connect_timeout(attempt))
             except OSError as exc:
                 failures.append(f"{host}:{port}: {_why(exc)}")
                 continue
+            sock.settimeout(self._timeout_s)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             for option, value in _KEEPALIVE:
                 sock.setsockopt(socket.IPPROTO_TCP, option, value)
@@ -236,15 +252,17 @@ class Etcd:
     def _post(self, path: str, payload: Json, *, idempotent: bool = False) -> Json:
         body = json.dumps(payload).encode()
         failures = []
-        for idx in self._order():
+        for attempt, idx in enumerate(self._order()):
             host, port = self._endpoints[idx]
-            conn = http.client.HTTPConnection(host, port, timeout=self._timeout_s)
+            conn = http.client.HTTPConnection(host, port, timeout=self._connect_timeout(attempt))
             try:
                 try:
                     conn.connect()
                 except OSError as exc:
                     failures.append(f"{host}:{port}: {_why(exc)}")
                     continue
+                assert conn.sock is not None
+                conn.sock.settimeout(self._timeout_s)
                 try:
                     conn.request("POST", path, body, {"Content-Type": "application/json"})
                     response = conn.getresponse()

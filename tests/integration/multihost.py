@@ -3,7 +3,9 @@
 A ``Lan`` is a "lan" network namespace holding a bridge (the test network 10.R.0.0/24), an "etcd"
 namespace on it (10.R.0.2) running a real etcd, and any number of ``SimHost``: each a network
 namespace on the lan (10.R.0.(10+i)) with ip_forward on and its own meshns state directory,
-bridge, namespace prefix and service CIDR. ``SimHost.run`` drives the real ``meshns`` command
+bridge, namespace prefix and service CIDR. ``Lan(etcd_members=3)`` runs one etcd cluster of three
+members instead, each in its own namespace ("etcd0".."etcd2", 10.R.0.2 .. 10.R.0.4); members can
+be stopped, killed and started one by one (``stop_etcd(member=1, kill=True)``). ``SimHost.run`` drives the real ``meshns`` command
 inside that host's network namespace only (``nsenter --net``: it keeps the mount namespace, so
 the pod namespaces meshns bind-mounts under /run/netns stay visible to later commands; ``ip
 netns exec`` would make a private mount namespace and lose them).
@@ -54,6 +56,7 @@ ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 _HOST_NAME = re.compile(r"^[a-z0-9]{1,8}$")
 MAX_HOSTS = 100
+MAX_ETCD_MEMBERS = 7  # 10.R.0.2 .. 10.R.0.8, clear of the hosts' 10.R.0.10 on
 
 
 # ---------------------------------------------------------------- namespaces and processes
@@ -341,28 +344,67 @@ class SimHost:
         _ip("netns", "del", self.netns, check=False)
 
 
+# ---------------------------------------------------------------- etcd members
+
+class EtcdMember:
+    """One etcd process: its namespace on the lan, address, data directory and log."""
+
+    def __init__(self, lan: Lan, index: int) -> None:
+        self.index = index
+        single = lan.etcd_count == 1
+        # One member keeps the original names; a cluster's members are numbered.
+        self.netns = f"{lan.prefix}etcd" if single else f"{lan.prefix}etcd{index}"
+        self.name = f"{lan.prefix}etcd" if single else f"m{index}"
+        self.lan_end = f"{lan.prefix}ve" if single else f"{lan.prefix}ve{index}"
+        self.address = f"{lan.net}.0.{2 + index}"
+        self.client_url = f"http://{self.address}:{ETCD_CLIENT_PORT}"
+        self.peer_url = f"http://{self.address}:{ETCD_PEER_PORT}"
+        self.data = Path()  # set when the Lan makes its directory
+        self.log = Path()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"EtcdMember({self.name!r}, {self.client_url}, running={self.running})"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, size: int = 4000) -> str:
+        try:
+            return self.log.read_bytes()[-size:].decode(errors="replace")
+        except OSError:
+            return ""
+
+
 # ---------------------------------------------------------------- the lan
 
 class Lan:
     """The test network, etcd on it, and the simulated hosts. A context manager."""
 
-    def __init__(self, base_dir: str | Path | None = None, net: int | None = None) -> None:
+    def __init__(self, base_dir: str | Path | None = None, net: int | None = None, etcd_members: int = 1) -> None:
+        if not 1 <= etcd_members <= MAX_ETCD_MEMBERS:
+            raise ValueError(f"etcd_members: 1 to {MAX_ETCD_MEMBERS}")
         self.prefix = f"mh{secrets.token_hex(3)}-"
         r = net if net is not None else random.randint(240, 250)
         self.net = f"10.{r}"  # the lan is 10.R.0.0/24
         self.cidr = f"{self.net}.0.0/24"
         self.lan_ns = f"{self.prefix}lan"
-        self.etcd_ns = f"{self.prefix}etcd"
         self.lan_bridge = f"{self.prefix}br"
         self.gateway = f"{self.net}.0.1"  # the lan bridge's own address, in the lan namespace
-        self.etcd_address = f"{self.net}.0.2"
-        self.etcd_endpoint = f"http://{self.etcd_address}:{ETCD_CLIENT_PORT}"
-        self.etcd_name = f"{self.prefix}etcd"
+        self.etcd_count = etcd_members
+        self.etcd_members = [EtcdMember(self, i) for i in range(etcd_members)]
+        self.etcd_endpoints = [m.client_url for m in self.etcd_members]
+        # The first member's, as with one etcd.
+        first = self.etcd_members[0]
+        self.etcd_ns = first.netns
+        self.etcd_address = first.address
+        self.etcd_endpoint = first.client_url
+        self.etcd_name = first.name
         self._base_dir = base_dir
         self.dir = Path()
         self.etcd_data = Path()
         self.etcd_log = Path()
-        self.etcd_proc: subprocess.Popen[bytes] | None = None
         self.hosts: list[SimHost] = []
         self._ids: set[tuple[int, int]] = set()
 
@@ -371,9 +413,14 @@ class Lan:
     def __enter__(self) -> Lan:
         self.dir = Path(tempfile.mkdtemp(prefix=self.prefix, dir=self._base_dir))
         os.chmod(self.dir, 0o755)
-        self.etcd_data = self.dir / "etcd" / "data"
-        self.etcd_data.parent.mkdir()
-        self.etcd_log = self.dir / "etcd" / "etcd.log"
+        (self.dir / "etcd").mkdir()
+        for m in self.etcd_members:
+            if self.etcd_count == 1:
+                m.data, m.log = self.dir / "etcd" / "data", self.dir / "etcd" / "etcd.log"
+            else:
+                m.data, m.log = self.dir / "etcd" / m.name / "data", self.dir / "etcd" / f"{m.name}.log"
+                m.data.parent.mkdir()
+        self.etcd_data, self.etcd_log = self.etcd_members[0].data, self.etcd_members[0].log
         try:
             if any(ns.startswith(self.prefix) for ns in netns_list()):
                 raise RuntimeError(f"prefix {self.prefix} already in use")
@@ -381,8 +428,9 @@ class Lan:
             _ip("-n", self.lan_ns, "link", "add", self.lan_bridge, "type", "bridge")
             _ip("-n", self.lan_ns, "addr", "add", f"{self.gateway}/24", "dev", self.lan_bridge)
             _ip("-n", self.lan_ns, "link", "set", self.lan_bridge, "up")
-            self._add_ns(self.etcd_ns)
-            self._plug(self.etcd_ns, f"{self.prefix}ve", "eth0", self.etcd_address)
+            for m in self.etcd_members:
+                self._add_ns(m.netns)
+                self._plug(m.netns, m.lan_end, "eth0", m.address)
             self.start_etcd()
         except BaseException:
             self.close()
@@ -421,9 +469,24 @@ class Lan:
 
     # -- etcd
 
-    def etcdctl(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        """etcdctl against the lan's etcd, run inside the etcd namespace."""
-        argv = ["etcdctl", "--endpoints", self.etcd_endpoint, "--dial-timeout=2s", "--command-timeout=3s", *args]
+    @property
+    def etcd_proc(self) -> subprocess.Popen[bytes] | None:
+        """The first member's etcd process (the only one with one member)."""
+        return self.etcd_members[0].proc
+
+    def _members(self, member: int | None) -> list[EtcdMember]:
+        if member is None:
+            return list(self.etcd_members)
+        if not 0 <= member < self.etcd_count:
+            raise ValueError(f"etcd member {member}: this lan has {self.etcd_count}")
+        return [self.etcd_members[member]]
+
+    def etcdctl(self, *args: str, check: bool = True, timeout: float = 30,
+                endpoints: Sequence[str] | None = None) -> subprocess.CompletedProcess[str]:
+        """etcdctl against the lan's etcd (every member, unless ``endpoints`` says which), run
+        inside the first member's namespace."""
+        urls = ",".join(self.etcd_endpoints if endpoints is None else endpoints)
+        argv = ["etcdctl", "--endpoints", urls, "--dial-timeout=2s", "--command-timeout=3s", *args]
         env = {**os.environ, "ETCDCTL_API": "3"}
         done = subprocess.run(_nsenter(self.etcd_ns, argv), env=env, capture_output=True, text=True,
                               timeout=timeout, check=False)
@@ -431,45 +494,67 @@ class Lan:
             raise AssertionError(f"etcdctl {' '.join(args)} -> {done.returncode}\n{done.stdout}{done.stderr}")
         return done
 
-    def start_etcd(self, timeout_s: float = 30.0) -> None:
-        """Start etcd (again: same data directory, same address) and wait until it is healthy."""
-        if self.etcd_proc is not None and self.etcd_proc.poll() is None:
-            raise RuntimeError("etcd is already running")
-        peer = f"http://{self.etcd_address}:{ETCD_PEER_PORT}"
-        argv = ["etcd", "--name", self.etcd_name, "--data-dir", str(self.etcd_data),
-                "--listen-client-urls", self.etcd_endpoint, "--advertise-client-urls", self.etcd_endpoint,
-                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"{self.etcd_name}={peer}", "--initial-cluster-state", "new",
-                "--initial-cluster-token", self.prefix]
-        with open(self.etcd_log, "ab") as log:
-            self.etcd_proc = subprocess.Popen(_nsenter(self.etcd_ns, argv), stdout=log, stderr=log,
-                                              start_new_session=True)
+    def etcd_healthy(self, member: int) -> bool:
+        """That member answers a quorum read (``etcdctl endpoint health``): it runs and the
+        cluster it is in has a leader."""
+        url = self.etcd_members[member].client_url
+        return self.etcdctl("endpoint", "health", check=False, endpoints=[url]).returncode == 0
+
+    def start_etcd(self, member: int | None = None, *, timeout_s: float = 30.0, wait: bool = True) -> None:
+        """Start etcd (again: same data directory, same address) and wait until it is healthy.
+        ``member=None``: every member not running (all of them must have been stopped if there
+        is one); a number: that member, which must not be running. With ``wait`` it waits until
+        each member started answers a quorum read, so starting one member while too few others
+        run times out (``wait=False`` for that)."""
+        members = self._members(member)
+        if member is None:
+            if all(m.running for m in members):
+                raise RuntimeError("etcd is already running")
+            members = [m for m in members if not m.running]
+        elif members[0].running:
+            raise RuntimeError(f"etcd member {members[0].name} is already running")
+        cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.etcd_members)
+        for m in members:
+            argv = ["etcd", "--name", m.name, "--data-dir", str(m.data),
+                    "--listen-client-urls", m.client_url, "--advertise-client-urls", m.client_url,
+                    "--listen-peer-urls", m.peer_url, "--initial-advertise-peer-urls", m.peer_url,
+                    "--initial-cluster", cluster, "--initial-cluster-state", "new",
+                    "--initial-cluster-token", self.prefix]
+            with open(m.log, "ab") as log:
+                m.proc = subprocess.Popen(_nsenter(m.netns, argv), stdout=log, stderr=log, start_new_session=True)
+        if not wait:
+            return
         deadline = time.monotonic() + timeout_s
-        while True:
-            if self.etcd_proc.poll() is not None:
-                raise RuntimeError(f"etcd exited with {self.etcd_proc.returncode}:\n{self.etcd_log_tail()}")
-            if self.etcdctl("endpoint", "health", check=False).returncode == 0:
+        waiting = list(members)
+        while waiting:
+            for m in list(waiting):
+                assert m.proc is not None
+                if m.proc.poll() is not None:
+                    raise RuntimeError(f"etcd {m.name} exited with {m.proc.returncode}:\n{m.log_tail()}")
+                if self.etcd_healthy(m.index):
+                    waiting.remove(m)
+            if not waiting:
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"etcd not healthy after {timeout_s}s:\n{self.etcd_log_tail()}")
+                tails = "\n".join(f"--- {m.name}\n{m.log_tail()}" for m in waiting)
+                raise RuntimeError(f"etcd not healthy after {timeout_s}s:\n{tails}")
             time.sleep(0.1)
 
-    def stop_etcd(self, kill: bool = False) -> None:
-        """Stop etcd (SIGTERM, or SIGKILL with kill=True); its data directory stays."""
-        proc = self.etcd_proc
-        if proc is None or proc.poll() is not None:
-            return
-        if kill:
-            proc.kill()
-            proc.wait(10)
-        else:
-            _stop(proc, grace_s=10)
+    def stop_etcd(self, member: int | None = None, kill: bool = False) -> None:
+        """Stop etcd (SIGTERM, or SIGKILL with kill=True): every member (None) or that one; its
+        data directory stays."""
+        for m in self._members(member):
+            proc = m.proc
+            if proc is None or proc.poll() is not None:
+                continue
+            if kill:
+                proc.kill()
+                proc.wait(10)
+            else:
+                _stop(proc, grace_s=10)
 
-    def etcd_log_tail(self, size: int = 4000) -> str:
-        try:
-            return self.etcd_log.read_bytes()[-size:].decode(errors="replace")
-        except OSError:
-            return ""
+    def etcd_log_tail(self, size: int = 4000, member: int = 0) -> str:
+        return self.etcd_members[member].log_tail(size)
 
     # -- cleanup
 
@@ -496,19 +581,20 @@ class Lan:
                 problems.append(f"host {host.name} needed force after delete + gc: {left}")
             host.force_cleanup()
         self.stop_etcd(kill=True)
-        for ns in (self.etcd_ns, self.lan_ns):
+        own = [m.netns for m in self.etcd_members] + [self.lan_ns]
+        for ns in own:
             found = ns_id(ns)
             if found:
                 self._ids.add(found)
         _kill_all(self._ids)
         for ns in netns_list():  # anything else of ours, the lan and etcd namespaces last
-            if ns.startswith(self.prefix) and ns not in (self.etcd_ns, self.lan_ns):
+            if ns.startswith(self.prefix) and ns not in own:
                 problems.append(f"stray namespace {ns}")
                 found = ns_id(ns)
                 if found:
                     _kill_all({found})
                 _ip("netns", "del", ns, check=False)
-        for ns in (self.etcd_ns, self.lan_ns):
+        for ns in own:
             _ip("netns", "del", ns, check=False)
         if ETC_NETNS.is_dir():
             for d in os.listdir(ETC_NETNS):
@@ -554,7 +640,8 @@ class Lan:
     def dump_logs(self) -> None:
         """The tail of etcd's log, every background command's and every pod's, to stdout (pytest
         shows it with a failure)."""
-        print(f"----- etcd ({self.etcd_endpoint}) -----\n{self.etcd_log_tail()}")
+        for m in self.etcd_members:
+            print(f"----- etcd {m.name} ({m.client_url}) -----\n{m.log_tail()}")
         for host in self.hosts:
             logs = [Path(getattr(p, "log_path", "")) for p in host.procs]
             pods = host.state_dir / "pods"
@@ -566,13 +653,14 @@ class Lan:
                     print(f"----- {host.name}: {path.relative_to(self.dir)} -----\n{tail}")
 
 
-def lan_fixture(request: pytest.FixtureRequest | None = None) -> Iterator[Lan]:
+def lan_fixture(request: pytest.FixtureRequest | None = None, etcd_members: int = 1) -> Iterator[Lan]:
     """Body of a ``lan`` fixture: ``@pytest.fixture def lan(request): yield from lan_fixture(request)``.
-    Skips without root; dumps the logs when the test failed; teardown fails on force or leftovers."""
+    Skips without root; dumps the logs when the test failed; teardown fails on force or leftovers.
+    ``etcd_members=3``: etcd is a cluster of three members (``Lan(etcd_members=3)``)."""
     if os.geteuid() != 0:
         pytest.skip("needs root (namespaces, iptables)")
     failed_before = request.session.testsfailed if request is not None else 0
-    with Lan() as lan:
+    with Lan(etcd_members=etcd_members) as lan:
         yield lan
         if request is not None and request.session.testsfailed > failed_before:
             lan.dump_logs()
