@@ -225,6 +225,10 @@ def test_mesh_across_three_hosts(lan: Lan, tmp_path: Path) -> None:
     assert sorted(k for k in keys if "/pods/" in k) == ["/meshns/default/pods/a/client", "/meshns/default/pods/b/echo"]
     assert sorted(k for k in keys if "/hosts/" in k) == ["/meshns/default/hosts/a", "/meshns/default/hosts/b"]
 
+    # etcd holds public certificates only: no key of the root, an intermediate or a workload.
+    everything = lan.etcdctl("get", "--prefix", "/").stdout
+    assert "PRIVATE KEY" not in everything and "BEGIN CERTIFICATE" in everything
+
     # -- b leaves: gone from a at once (not after a TTL), its block free again.
     b.run("delete", "echo")
     b.run("host", "leave")
