@@ -23,6 +23,7 @@ from typing import Final, Protocol, cast
 from meshns.dataplane.addrs import OrigDst
 from meshns.dataplane.connect import Connector
 from meshns.dataplane.decide import Forward
+from meshns.dataplane.http1.parser import ResponseParser
 from meshns.dataplane.policy.state import ServiceState
 
 HIGH_WATER: Final = 256 * 1024
@@ -58,7 +59,7 @@ class ConnDropper(Protocol):
 
 
 class UpstreamConn(asyncio.Protocol):
-    __slots__ = ("counted", "idle_handle", "key", "lost", "pool", "requests", "transport", "user",
+    __slots__ = ("counted", "idle_handle", "key", "lost", "parser", "pool", "requests", "transport", "user",
                  "write_paused")
 
     transport: asyncio.Transport
@@ -72,6 +73,7 @@ class UpstreamConn(asyncio.Protocol):
         self.counted = True  # holds a breaker connection slot
         self.lost = False
         self.write_paused = False
+        self.parser: ResponseParser | None = None  # the last exchange's, for the next to re-arm
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
