@@ -155,7 +155,7 @@ class RequestFlow(Attempts, Exchange):
         service = self.service
         port = service.target_port(self.dst_port())
         tried: set[str] = set()
-        loop = asyncio.get_running_loop()
+        loop = self.down.loop
         ep = choose_endpoint(service, state, subset, tried, loop.time(), rand, self.prefer_ip())
         if ep is None or port is None:
             self.fail(None, flags.UH)
@@ -234,6 +234,9 @@ class RequestFlow(Attempts, Exchange):
             return
         if deadline is not None and self.committed and not self.finished:
             self.deadline_handle = loop.call_at(deadline, self.late_timeout)
+
+    def running_loop(self) -> asyncio.AbstractEventLoop:
+        return self.down.loop
 
     def dst_port(self) -> int:
         return self.down.dst[1]

@@ -120,6 +120,7 @@ class ServicePool:
     def __init__(self, state: ServiceState, connector: Connector) -> None:
         self.state = state
         self.connector = connector
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.idle: dict[Key, list[UpstreamConn]] = {}
         self.waiters: collections.deque[tuple[Key, asyncio.Future[UpstreamConn | None]]] = (
             collections.deque())
@@ -220,7 +221,9 @@ class ServicePool:
             self.close(conn)
             return
         self.idle.setdefault(conn.key, []).append(conn)
-        loop = asyncio.get_running_loop()
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.get_running_loop()  # once: it costs a getpid() each time
         conn.idle_handle = loop.call_later(self.state.service.pool.idle_timeout_s, self._idle_expired, conn)
 
     def _idle_expired(self, conn: UpstreamConn) -> None:

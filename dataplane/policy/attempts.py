@@ -59,9 +59,13 @@ class Attempts:
         """Let go of the try's upstream: its response is no longer wanted."""
         raise NotImplementedError
 
+    def running_loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop (a flow that knows it already saves get_running_loop's getpid())."""
+        return asyncio.get_running_loop()
+
     def new_try(self) -> asyncio.Future[Outcome | None]:
         """The future the response callbacks settle with the try's outcome (None: committed)."""
-        fut: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Outcome | None] = self.running_loop().create_future()
         self.try_future = fut
         return fut
 
@@ -172,7 +176,7 @@ class Attempts:
 
     def record(self, ip: str, outcome: Outcome) -> None:
         st = self.state
-        if st.outlier.record(ip, is_failure(outcome), asyncio.get_running_loop().time(),
+        if st.outlier.record(ip, is_failure(outcome), self.running_loop().time(),
                              len(self.service.endpoints)):
             st.ejections += 1
             log.info("ejected %s from %s", ip, self.service.name)
