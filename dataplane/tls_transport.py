@@ -22,6 +22,7 @@ import ssl
 from typing import Any, Final, cast
 
 READ_SIZE: Final = 256 * 1024
+JOIN_LIMIT: Final = 16 * 1024  # a TLS record's plaintext limit: joined chunks still fit one record
 
 
 def _closed_sslobject() -> ssl.SSLObject:
@@ -127,6 +128,7 @@ class TlsStream(asyncio.Protocol):
             self.raw.abort()
 
     def _read(self) -> None:
+        incoming = self.incoming
         while not self.eof_in:
             try:
                 chunk = self.sslobj.read(READ_SIZE)
@@ -145,6 +147,12 @@ class TlsStream(asyncio.Protocol):
                 self.app.data_received(chunk)
             else:
                 self.held.append(chunk)
+            # Nothing left to decrypt: every byte fed was consumed and no plaintext is buffered,
+            # so another read could only raise SSLWantReadError (an exception per record costs
+            # more than this test). A partial record left in OpenSSL's own buffer needs more
+            # bytes all the same; a close_notify still in the BIO keeps pending > 0.
+            if not incoming.pending and not self.sslobj.pending():
+                break
         if self.outgoing.pending:
             self._flush()  # e.g. a key update answer
 
@@ -203,8 +211,14 @@ class TlsStream(asyncio.Protocol):
     def writelines(self, chunks: Any) -> None:
         if self.eof_out or self.raw is None or self.raw.is_closing():
             return
-        for chunk in chunks:
-            self.sslobj.write(chunk)
+        chunks = list(chunks)
+        if len(chunks) > 1 and sum(map(len, chunks)) <= JOIN_LIMIT:
+            # One TLS record instead of one per chunk (a response head and its small body):
+            # less framing and encryption here, one record to decrypt at the peer.
+            self.sslobj.write(b"".join(chunks))
+        else:
+            for chunk in chunks:
+                self.sslobj.write(chunk)
         self._flush()
 
     def can_write_eof(self) -> bool:

@@ -11,7 +11,6 @@ and order is untouched. Randomness is an argument (``bits(k)`` -> k random bits)
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import Final
 
@@ -37,8 +36,14 @@ def _valid_hex(v: bytes, width: int) -> bool:
     return len(v) == width and _HEX.issuperset(v) and v.strip(b"0") != b""
 
 
+_V4_CLEAR: Final = ~((0xF000 << 64) | (0xC000 << 48))
+_V4_SET: Final = (0x4000 << 64) | (0x8000 << 48)
+
+
 def new_request_id(bits: Bits) -> str:
-    return str(uuid.UUID(int=bits(128), version=4))
+    """``str(uuid.UUID(int=bits(128), version=4))``, formatted by hand (a third of the cost)."""
+    h = "%032x" % ((bits(128) & _V4_CLEAR) | _V4_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def rewrite_trace(headers: Headers, bits: Bits, add_request_id: bool, new_span: bool = True) -> str:

@@ -65,6 +65,9 @@ class ClientConnection(asyncio.Protocol):
         """The state both connections start with: undecided, nothing parsed, nothing paused."""
         self.hctx = hctx
         self.transport = transport
+        # asyncio.get_running_loop() makes a getpid() system call every time (the fork check
+        # of CPython's C accelerator), so the per-request paths use this one.
+        self.loop = asyncio.get_running_loop()
         self.http = False
         self.opaque = False
         self.buf = b""
@@ -201,7 +204,7 @@ class ClientConnection(asyncio.Protocol):
         start time; its timer is armed once and re-armed lazily (like the idle tick), so a busy
         keep-alive connection costs one timer per period, not one per request."""
         if self.head_since is None and not self.refusing:
-            loop = asyncio.get_running_loop()
+            loop = self.loop
             self.head_since = loop.time()
             if self.head_timer is None:
                 self.head_timer = loop.call_later(self.hctx.config.request_headers_timeout_s, self.head_timeout)

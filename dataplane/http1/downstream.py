@@ -35,7 +35,7 @@ from meshns.dataplane.labels import UNKNOWN
 from meshns.dataplane.metrics import TcpObs
 from meshns.dataplane.observe import NULL_TCP, peername_of
 from meshns.dataplane.policy.state import choose_endpoint
-from meshns.snapshot import Service
+from meshns.snapshot import HttpRoute, Service
 
 log = logging.getLogger("meshns.dataplane.http1")
 
@@ -64,6 +64,8 @@ class ServiceConnection(ClientConnection):
         self.eager_tried: set[str] = set()
         self.eager_key: tuple[str, int] | None = None  # where the eager dial goes (HTTP: until claimed)
         self.closing = False
+        self.feeding = False  # inside parser.feed
+        self.deferred: tuple[RequestFlow, HttpRoute] | None = None  # see start_after_feed
 
     # lifecycle
 
@@ -135,6 +137,7 @@ class ServiceConnection(ClientConnection):
     def stop_exchange(self, ex: RequestFlow) -> None:
         if ex.task is not None and not ex.task.done():
             ex.task.cancel()
+        ex.stop_now_try()
 
     def buffered_bytes(self) -> int:
         n = self.transport.get_write_buffer_size()
@@ -164,14 +167,39 @@ class ServiceConnection(ClientConnection):
     def feed(self, data: bytes) -> None:
         parser = self.parser
         assert parser is not None
+        self.feeding = True
         try:
             rest = parser.feed(data)
         except ParseError as exc:
+            self.feeding = False
+            # A flow whose own bytes were bad is abandoned (finished) here and never begins;
+            # one whose request was whole goes on, and the refusal follows its response.
             self.refuse(exc)
+            self.start_deferred()
             return
+        self.feeding = False
         if rest is not None:
             self.upgrade_rest = rest
             self.pause(PAUSE_UPGRADE)
+        self.start_deferred()
+
+    def start_after_feed(self, flow: RequestFlow, route: HttpRoute) -> None:
+        """A flow's first try (``RequestFlow.start_now``) begins once the bytes being parsed
+        were all parsed, as when it ran in a task: a request whose body turns out malformed
+        in the same read is refused before anything of it reaches the upstream."""
+        if not self.feeding:
+            flow.start_now(route)
+            return
+        self.start_deferred()
+        self.deferred = (flow, route)
+
+    def start_deferred(self) -> None:
+        deferred = self.deferred
+        if deferred is not None:
+            self.deferred = None
+            flow, route = deferred
+            if not flow.finished and not self.lost:
+                flow.start_now(route)
 
     # RequestSink
 
@@ -302,6 +330,31 @@ class ServiceConnection(ClientConnection):
         conn, self.eager = self.eager, None
         if conn is None or not conn.usable():
             return None
+        conn.user = None
+        return conn
+
+    def claim_now(self, key: tuple[str, int]) -> UpstreamConn | None:
+        """What ``claim_eager`` and then ``pool.acquire`` would give at once, without waiting:
+        the eager connection when it is up and goes to ``key``, else an idle pooled one (while
+        no eager dial to another endpoint is pending). None: the try waits in ``one_try``,
+        which decides afresh (nothing here was changed that it would see differently)."""
+        eager_key = self.eager_key
+        if eager_key is None:
+            return self.pool.take_idle(key)
+        if key != eager_key:
+            return None
+        conn = self.eager
+        if conn is None:
+            if self.eager_task is None:
+                return None
+            idle = self.pool.take_idle(key)
+            if idle is not None:
+                self.drop_eager()  # the dial in flight is closed when it completes
+            return idle
+        if not conn.usable():
+            return None
+        self.eager_key = None
+        self.eager = None
         conn.user = None
         return conn
 

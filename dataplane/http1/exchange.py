@@ -132,7 +132,11 @@ class Exchange:
         self.got_bytes = False
         self.up_reused = up.requests > 0
         up.requests += 1
-        self.parser = self.hctx.kit.response(self, self.head.method == b"HEAD", self.head.upgrade)
+        head_request = self.head.method == b"HEAD"
+        parser = up.parser
+        if parser is None or not parser.rearm(self, head_request, self.head.upgrade):
+            parser = up.parser = self.hctx.kit.response(self, head_request, self.head.upgrade)
+        self.parser = parser
         body = self.replay if self.replay is not None else self.pending
         t = up.transport
         out = [self.request_bytes]

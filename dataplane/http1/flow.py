@@ -51,6 +51,7 @@ from meshns.dataplane.policy.attempts import Attempts
 from meshns.dataplane.policy.fault import decide_fault
 from meshns.dataplane.policy.retry import Outcome
 from meshns.dataplane.policy.route import match_route, pick_weighted
+from meshns.dataplane.policy.state import choose_endpoint
 from meshns.dataplane.tracing import rewrite_trace
 from meshns.snapshot import HttpRoute, Service
 
@@ -101,6 +102,9 @@ class RequestFlow(Attempts, Exchange):
         self.retrying = False
         self.holding = False
         self.task: asyncio.Task[None] | None = None
+        # A try begun by start_now, until its outcome: (route, subset, endpoints tried, its
+        # endpoint, per-try timer).
+        self.now_try: tuple[HttpRoute, str | None, set[str], str, asyncio.TimerHandle | None] | None = None
         self.deadline_handle: asyncio.TimerHandle | None = None
         self.sent_100 = False
         self.route: HttpRoute | None = None
@@ -128,7 +132,79 @@ class RequestFlow(Attempts, Exchange):
         if abort is not None:
             self.local_reply(abort, flags.FI)
             return
-        self.task = asyncio.ensure_future(self.run(route, delay_s))
+        if delay_s is None and route.timeout_s is None:
+            self.down.start_after_feed(self, route)
+        else:
+            self.task = asyncio.ensure_future(self.run(route, delay_s))
+
+    def start_now(self, route: HttpRoute) -> None:
+        """``run`` without a task for the common case (no fault delay, no route timeout): the
+        first try begins here, and on a connection at hand (the eager one, or an idle pooled one)
+        its request is written before this returns; the try's outcome arrives by callback
+        (``_now_done``). A task is made only when there is something to wait for: a connection
+        to dial or wait for, or a retry after a failed first try. Same decisions, same order."""
+        state = self.state
+        if not state.breaker.try_start_request():
+            state.overflows += 1
+            self.local_reply(503, flags.UO)
+            return
+        self.holding = True
+        state.active_requests += 1
+        rand = self.rand
+        subset = pick_weighted(route.destinations, rand()).subset
+        service = self.service
+        port = service.target_port(self.dst_port())
+        tried: set[str] = set()
+        loop = self.down.loop
+        ep = choose_endpoint(service, state, subset, tried, loop.time(), rand, self.prefer_ip())
+        if ep is None or port is None:
+            self.fail(None, flags.UH)
+            return
+        key = self.begin_try(ep.ip, ep.pod, port, tried)
+        up = self.down.claim_now(key)
+        if up is None:
+            self.task = asyncio.ensure_future(self.tries_loop(route, subset, tried, key))
+            return
+        fut = self.new_try()
+        self.attach(up)
+        per_try = route.retries.per_try_timeout_s
+        handle = loop.call_later(per_try, self.try_timed_out, fut) if per_try else None
+        self.now_try = (route, subset, tried, key[0], handle)
+        fut.add_done_callback(self._now_done)
+
+    def _now_done(self, fut: asyncio.Future[Outcome | None]) -> None:
+        """The outcome of a try begun by ``start_now`` (what ``try_outcome`` and ``tries_loop``
+        do after their await): committed, or go on with the tries in a task."""
+        now = self.now_try
+        if now is None:
+            return
+        self.now_try = None
+        route, subset, tried, ip, handle = now
+        if handle is not None:
+            handle.cancel()
+        if self.try_future is fut:
+            self.try_future = None
+        if fut.cancelled():
+            return
+        outcome = fut.result()
+        if outcome is None or self.finished:
+            return
+        if self.after_outcome(ip, outcome):
+            self.task = asyncio.ensure_future(self.tries_loop(route, subset, tried, last=outcome))
+
+    def stop_now_try(self) -> None:
+        """The client is gone (or refused mid-request): a try begun by ``start_now`` is let go
+        (as cancelling ``run``'s task does: the caller detaches its upstream)."""
+        now = self.now_try
+        if now is None:
+            return
+        self.now_try = None
+        if now[4] is not None:
+            now[4].cancel()
+        fut = self.try_future
+        self.try_future = None
+        if fut is not None and not fut.done():
+            fut.cancel()
 
     async def run(self, route: HttpRoute, delay_s: float | None) -> None:
         state = self.state
@@ -158,6 +234,9 @@ class RequestFlow(Attempts, Exchange):
             return
         if deadline is not None and self.committed and not self.finished:
             self.deadline_handle = loop.call_at(deadline, self.late_timeout)
+
+    def running_loop(self) -> asyncio.AbstractEventLoop:
+        return self.down.loop
 
     def dst_port(self) -> int:
         return self.down.dst[1]
@@ -306,5 +385,6 @@ class RequestFlow(Attempts, Exchange):
         self.flags.append(flags.DC)
         if self.task is not None and not self.task.done():
             self.task.cancel()
+        self.stop_now_try()
         self.detach(abort=True)
         self.finish(False)

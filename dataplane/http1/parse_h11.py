@@ -164,6 +164,9 @@ class ResponseParserH11:
         self._head_buf: bytes | None = b""
         self._done = False
 
+    def rearm(self, sink: ResponseSink, head_request: bool, upgrade: bool) -> bool:
+        return False  # h11's client state is per request; the reference parser stays simple
+
     def feed(self, data: bytes) -> bytes | None:
         if self._done:
             return None

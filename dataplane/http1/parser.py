@@ -46,6 +46,10 @@ class ResponseParser(Protocol):
     def feed_eof(self) -> None:
         """The upstream closed: completes a close-delimited body, else raises ParseError."""
 
+    def rearm(self, sink: ResponseSink, head_request: bool, upgrade: bool) -> bool:
+        """Parse the connection's next response for ``sink``, if this parser can (it finished
+        the last one cleanly); False: make a new one."""
+
 
 @dataclass(frozen=True)
 class ParserKit:

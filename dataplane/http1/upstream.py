@@ -23,6 +23,7 @@ from typing import Final, Protocol, cast
 from meshns.dataplane.addrs import OrigDst
 from meshns.dataplane.connect import Connector
 from meshns.dataplane.decide import Forward
+from meshns.dataplane.http1.parser import ResponseParser
 from meshns.dataplane.policy.state import ServiceState
 
 HIGH_WATER: Final = 256 * 1024
@@ -58,7 +59,7 @@ class ConnDropper(Protocol):
 
 
 class UpstreamConn(asyncio.Protocol):
-    __slots__ = ("counted", "idle_handle", "key", "lost", "pool", "requests", "transport", "user",
+    __slots__ = ("counted", "idle_handle", "key", "lost", "parser", "pool", "requests", "transport", "user",
                  "write_paused")
 
     transport: asyncio.Transport
@@ -72,6 +73,7 @@ class UpstreamConn(asyncio.Protocol):
         self.counted = True  # holds a breaker connection slot
         self.lost = False
         self.write_paused = False
+        self.parser: ResponseParser | None = None  # the last exchange's, for the next to re-arm
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -118,6 +120,7 @@ class ServicePool:
     def __init__(self, state: ServiceState, connector: Connector) -> None:
         self.state = state
         self.connector = connector
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.idle: dict[Key, list[UpstreamConn]] = {}
         self.waiters: collections.deque[tuple[Key, asyncio.Future[UpstreamConn | None]]] = (
             collections.deque())
@@ -218,7 +221,9 @@ class ServicePool:
             self.close(conn)
             return
         self.idle.setdefault(conn.key, []).append(conn)
-        loop = asyncio.get_running_loop()
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.get_running_loop()  # once: it costs a getpid() each time
         conn.idle_handle = loop.call_later(self.state.service.pool.idle_timeout_s, self._idle_expired, conn)
 
     def _idle_expired(self, conn: UpstreamConn) -> None:

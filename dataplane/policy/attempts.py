@@ -59,9 +59,13 @@ class Attempts:
         """Let go of the try's upstream: its response is no longer wanted."""
         raise NotImplementedError
 
+    def running_loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop (a flow that knows it already saves get_running_loop's getpid())."""
+        return asyncio.get_running_loop()
+
     def new_try(self) -> asyncio.Future[Outcome | None]:
         """The future the response callbacks settle with the try's outcome (None: committed)."""
-        fut: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Outcome | None] = self.running_loop().create_future()
         self.try_future = fut
         return fut
 
@@ -85,37 +89,58 @@ class Attempts:
             self.abandon_try()
             fut.set_result(Outcome.timeout())
 
-    async def tries_loop(self, route: HttpRoute, subset: str | None) -> None:
+    async def tries_loop(self, route: HttpRoute, subset: str | None, tried: set[str] | None = None,
+                         key: tuple[str, int] | None = None, last: Outcome | None = None) -> None:
+        """The tries, from the first; or resumed by a flow that began synchronously: ``key`` is a
+        try already begun (``begin_try``) that still needs its connection, ``last`` the outcome
+        of one already made (its bookkeeping done by ``after_outcome``), ``tried`` their endpoints."""
         service, state, rand = self.service, self.state, self.rand
         loop = asyncio.get_running_loop()
         port = service.target_port(self.dst_port())
-        tried: set[str] = set()
-        last: Outcome | None = None
+        if tried is None:
+            tried = set()
+        if last is not None:
+            await asyncio.sleep(backoff_s(self.tries, rand()))
         while True:
-            prefer = self.prefer_ip() if not tried else None
-            ep = choose_endpoint(service, state, subset, tried, loop.time(), rand, prefer)
-            if ep is None or port is None:
-                self.fail(last, flags.UH)
-                return
-            self.tries += 1
-            tried.add(ep.ip)
-            state.try_started(ep.ip)
-            self.try_ip = ep.ip
-            self.endpoint_pod = ep.pod
-            self.upstream_host = f"{ep.ip}:{port}"
-            outcome = await self.one_try((ep.ip, port), route)
+            if key is None:
+                prefer = self.prefer_ip() if not tried else None
+                ep = choose_endpoint(service, state, subset, tried, loop.time(), rand, prefer)
+                if ep is None or port is None:
+                    self.fail(last, flags.UH)
+                    return
+                key = self.begin_try(ep.ip, ep.pod, port, tried)
+            outcome = await self.one_try(key, route)
             if outcome is None:
                 return  # committed: the response streams in callbacks; the try ends with it
-            self.end_try()
+            ip, key = key[0], None
             last = outcome
-            if outcome.kind != "status":  # statuses were recorded and decided in the head callback
-                self.record(ep.ip, outcome)
-                if outcome.kind == "timeout":
-                    state.timeouts += 1
-                if not self.decide_retry(outcome):
-                    self.fail(outcome, "")
-                    return
+            if not self.after_outcome(ip, outcome):
+                return
             await asyncio.sleep(backoff_s(self.tries, rand()))
+
+    def begin_try(self, ip: str, pod: str, port: int, tried: set[str]) -> tuple[str, int]:
+        """Count a try to endpoint ``ip`` (least-request load, attempts) and name it for the
+        metrics and the access log."""
+        self.tries += 1
+        tried.add(ip)
+        self.state.try_started(ip)
+        self.try_ip = ip
+        self.endpoint_pod = pod
+        self.upstream_host = f"{ip}:{port}"
+        return ip, port
+
+    def after_outcome(self, ip: str, outcome: Outcome) -> bool:
+        """A try ended without a committed response: whether another try follows (else the
+        client was answered)."""
+        self.end_try()
+        if outcome.kind != "status":  # statuses were recorded and decided in the head callback
+            self.record(ip, outcome)
+            if outcome.kind == "timeout":
+                self.state.timeouts += 1
+            if not self.decide_retry(outcome):
+                self.fail(outcome, "")
+                return False
+        return True
 
     def local_failure(self, status: int, flag: str) -> None:
         """Answer the client with ``status`` and ``flag`` (each protocol's own local reply)."""
@@ -151,7 +176,7 @@ class Attempts:
 
     def record(self, ip: str, outcome: Outcome) -> None:
         st = self.state
-        if st.outlier.record(ip, is_failure(outcome), asyncio.get_running_loop().time(),
+        if st.outlier.record(ip, is_failure(outcome), self.running_loop().time(),
                              len(self.service.endpoints)):
             st.ejections += 1
             log.info("ejected %s from %s", ip, self.service.name)

@@ -80,6 +80,12 @@ class Outcome:
 
     @classmethod
     def status(cls, code: int, grpc_status: int | None = None) -> Outcome:
+        if grpc_status is None:
+            # One per status code, shared (outcomes are frozen): a response costs a dict lookup.
+            cached = _STATUS_OUTCOMES.get(code)
+            if cached is None:
+                cached = _STATUS_OUTCOMES[code] = cls("status", code=code)
+            return cached
         return cls("status", code=code, grpc_status=grpc_status)
 
     @property
@@ -89,6 +95,9 @@ class Outcome:
     @property
     def is_connect_failure(self) -> bool:
         return self.kind in _CONNECT
+
+
+_STATUS_OUTCOMES: dict[int, Outcome] = {}
 
 
 def request_replayable(method: str, body_bytes_kept: int | None) -> bool:
