@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,5 +165,9 @@ def test_cleanup_reports_when_force_was_needed() -> None:
         # A process in the host's namespace the harness does not know of: delete + gc cannot stop it.
         stray = subprocess.Popen(["nsenter", f"--net=/run/netns/{a.netns}", "--", "sleep", "600"],
                                  start_new_session=True)
+        # Only once nsenter has entered the namespace is the process the host's to find.
+        deadline = time.monotonic() + 10
+        while stray.pid not in a.pids() and time.monotonic() < deadline:
+            time.sleep(0.02)
     assert stray.wait(10) == -9
     _nothing_of(lan.prefix)
