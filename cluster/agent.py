@@ -119,7 +119,7 @@ class Agent:
         # A call must not outlast the lease it keeps alive: with a short TTL a member that went
         # silent mid-call would otherwise cost the host its lease.
         self.etcd = Etcd(list(settings.endpoints), timeout_s=min(5.0, max(1.0, settings.ttl_s / 3)))
-        self.prefix = view.prefix(settings.mesh)
+        self.prefix = keys.mesh_prefix(settings.mesh)
         self.view: dict[str, bytes] = {}
         self.revision = 0
         self.listed = False
@@ -127,6 +127,7 @@ class Agent:
         self.published: dict[str, bytes] = {}
         self.block: IPv4Network | None = None
         self.connected = False
+        self._open: Mesh | None = None
         self.dirty = False  # the registry changed and the sidecars have not been given it yet
         self.error = ""
         self.stopping = threading.Event()
@@ -268,38 +269,35 @@ class Agent:
 
     # -- reconcile ----------------------------------------------------------------------------
     def reconcile(self) -> None:
-        mesh = self._mesh()
-        try:
-            changed = self._publish_own(mesh)
-            reg = mesh.registry
-            remote = view.remote_pods(self.view, self.s.mesh, self.s.name)
-            local_changed = reg.replace_remote_pods(remote)
+        mesh = self._registry()
+        changed = self._publish_own(mesh)
+        reg = mesh.registry
+        remote = view.remote_pods(self.view, self.s.mesh, self.s.name)
+        local_changed = reg.replace_remote_pods(remote)
 
-            def vip(used: set[IPv4Address]) -> IPv4Address:
-                return ipam.allocate(mesh.cfg.service_cidr, used)
+        def vip(used: set[IPv4Address]) -> IPv4Address:
+            return ipam.allocate(mesh.cfg.service_cidr, used)
 
-            have = {s.name: s for s in reg.list_services()}
-            for name, ports in _served(remote).items():
-                if name not in have or not set(ports) <= set(have[name].ports):
-                    try:
-                        reg.ensure_service(name, tuple(sorted(ports)), vip)
-                        local_changed = True
-                    except MeshnsError as exc:  # e.g. a port mapped differently here
-                        log.warning("service %s from other hosts: %s", name, exc)
-            local_changed |= self._sync_configs(mesh)
-            local_changed |= self._sync_revoked(mesh)
-            # Remembered until a publish succeeds: a publish that fails (the mesh lock held past
-            # the wait, a full disk) is retried, though the registry has the change already.
-            self.dirty |= local_changed
-            if self.dirty:
-                publish(mesh)
-                self.dirty = False
-            if routes.sync(view.routes(self.view, self.s.mesh, self.s.name)):
-                log.info("routes: %s", {str(k): str(v) for k, v in routes.installed().items()})
-            if changed or local_changed:
-                self._save_base()
-        finally:
-            mesh.close()
+        have = {s.name: s for s in reg.list_services()}
+        for name, ports in _served(remote).items():
+            if name not in have or not set(ports) <= set(have[name].ports):
+                try:
+                    reg.ensure_service(name, tuple(sorted(ports)), vip)
+                    local_changed = True
+                except MeshnsError as exc:  # e.g. a port mapped differently here
+                    log.warning("service %s from other hosts: %s", name, exc)
+        local_changed |= self._sync_configs(mesh)
+        local_changed |= self._sync_revoked(mesh)
+        # Remembered until a publish succeeds: a publish that fails (the mesh lock held past
+        # the wait, a full disk) is retried, though the registry has the change already.
+        self.dirty |= local_changed
+        if self.dirty:
+            publish(mesh)
+            self.dirty = False
+        if routes.sync(view.routes(self.view, self.s.mesh, self.s.name)):
+            log.info("routes: %s", {str(k): str(v) for k, v in routes.installed().items()})
+        if changed or local_changed:
+            self._save_base()
 
     def _publish_own(self, mesh: Mesh) -> bool:
         want = view.own_pods(mesh.registry.list_pods(), self.s.mesh, self.s.name)
@@ -325,11 +323,11 @@ class Agent:
         # Each push is folded into the view at once: the watch echoes it later, and a reconcile
         # before that would otherwise see "etcd lacks what we agreed on" and undo it here.
         for key, value in plan.push_put.items():
-            k, v = view.config_key(self.s.mesh, key), view.config_value(value)
+            k, v = keys.config_key(self.s.mesh, *key), view.config_value(value)
             self.etcd.put(k, v)
             self.view[k] = v
         for key in plan.push_delete:
-            k = view.config_key(self.s.mesh, key)
+            k = keys.config_key(self.s.mesh, *key)
             self.etcd.delete(k)
             self.view.pop(k, None)
         if plan.pulls:
@@ -344,11 +342,11 @@ class Agent:
         local = {i: Value("revoked") for i in reg.list_revoked()}
         plan = plan_sync(local, view.remote_revoked(self.view, self.s.mesh), self.base.get("revoked", {}))
         for ident in plan.push_put:  # folded into the view at once, as for documents
-            self.etcd.put(view.revoked_key(self.s.mesh, ident), b"")
-            self.view[view.revoked_key(self.s.mesh, ident)] = b""
+            self.etcd.put(keys.revoked_key(self.s.mesh, ident), b"")
+            self.view[keys.revoked_key(self.s.mesh, ident)] = b""
         for ident in plan.push_delete:
-            self.etcd.delete(view.revoked_key(self.s.mesh, ident))
-            self.view.pop(view.revoked_key(self.s.mesh, ident), None)
+            self.etcd.delete(keys.revoked_key(self.s.mesh, ident))
+            self.view.pop(keys.revoked_key(self.s.mesh, ident), None)
         for ident in plan.pull_put:
             reg.revoke(ident)
         for ident in plan.pull_delete:
@@ -360,15 +358,24 @@ class Agent:
     def _mesh(self) -> Mesh:
         return Mesh.open(ConfigRequest(state_dir=str(self.state_dir)).with_env(), record=False)
 
+    def _registry(self) -> Mesh:
+        """One handle for the agent's life once joined (join changes the recorded pod CIDR, so it
+        reads the mesh afresh): the loop checks the generation five times a second."""
+        if self._open is None:
+            self._open = self._mesh()
+        return self._open
+
+    def _drop_registry(self) -> None:
+        if self._open is not None:
+            self._open.close()
+            self._open = None
+
     def _registry_generation(self) -> int:
         try:
-            mesh = self._mesh()
+            return self._registry().registry.generation()
         except MeshnsError:
+            self._drop_registry()  # opened again next time
             return -1
-        try:
-            return mesh.registry.generation()
-        finally:
-            mesh.close()
 
     def _load_base(self) -> dict[str, Any]:
         try:
@@ -384,9 +391,9 @@ class Agent:
         hosts = view.hosts(self.view, self.s.mesh)
         counts: dict[str, int] = {}
         for key in self.view:
-            rest = key[len(self.prefix):].split("/")
-            if rest[0] == "pods" and len(rest) == 3:
-                counts[rest[1]] = counts.get(rest[1], 0) + 1
+            hp = keys.parse_pod_key(self.s.mesh, key)
+            if hp is not None:
+                counts[hp[0]] = counts.get(hp[0], 0) + 1
         status = {
             "state": state, "pid": os.getpid(), "host": self.s.name, "mesh": self.s.mesh,
             "block": str(self.block) if self.block else None, "connected": self.connected,
@@ -421,6 +428,7 @@ class Agent:
                 publish(mesh)
             finally:
                 mesh.close()
+        self._drop_registry()
         self._status("left" if leaving else "stopped")
 
 

@@ -20,22 +20,6 @@ from meshns.model import PodRecord, PodSpec, PodState, RemotePod
 from meshns.registry import ConfigKey, ConfigRow
 
 
-def prefix(mesh: str) -> str:
-    return keys.mesh_prefix(mesh)
-
-
-def pod_key(mesh: str, host: str, pod: str) -> str:
-    return keys.pod_key(mesh, host, pod)
-
-
-def config_key(mesh: str, key: ConfigKey) -> str:
-    return keys.config_key(mesh, *key)
-
-
-def revoked_key(mesh: str, identity: str) -> str:
-    return keys.revoked_key(mesh, identity)
-
-
 def pod_value(pod: PodRecord) -> bytes:
     """What other hosts learn of a ready pod here: never its command line (it may hold secrets)."""
     spec = replace(pod.spec, app=())
@@ -44,7 +28,7 @@ def pod_value(pod: PodRecord) -> bytes:
 
 
 def own_pods(pods: list[PodRecord], mesh: str, me: str) -> dict[str, bytes]:
-    return {pod_key(mesh, me, p.name): pod_value(p) for p in pods if p.state == PodState.READY}
+    return {keys.pod_key(mesh, me, p.name): pod_value(p) for p in pods if p.state == PodState.READY}
 
 
 def hosts(view: Mapping[str, bytes], mesh: str) -> dict[str, dict[str, Any]]:

@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from meshns.cluster import view
+from meshns.cluster import keys, view
 from meshns.cluster.sync import Value, plan_sync
 from meshns.model import PodRecord, PodSpec, PodState, ServicePortDecl
 
@@ -102,8 +102,8 @@ def test_routes_to_other_live_hosts_only() -> None:
 
 
 def test_documents_and_revocations_from_the_view() -> None:
-    v = {view.config_key("m", ("VirtualService", "default", "r")): view.config_value(Value("{}", 7.0)),
-         view.revoked_key("m", "spiffe://td/ns/default/sa/x"): b""}
+    v = {keys.config_key("m", "VirtualService", "default", "r"): view.config_value(Value("{}", 7.0)),
+         keys.revoked_key("m", "spiffe://td/ns/default/sa/x"): b""}
     assert view.remote_configs(v, "m") == {("VirtualService", "default", "r"): Value("{}", 7.0)}
     assert view.remote_revoked(v, "m") == {"spiffe://td/ns/default/sa/x": Value("revoked")}
 
