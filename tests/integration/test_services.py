@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -352,8 +353,11 @@ def test_live_config_and_endpoint_changes_lose_no_request(reviews: Mesh, tmp_pat
     apply(mesh, tmp_path, DR_SUBSETS)
     proc = subprocess.Popen(
         ["ip", "netns", "exec", mesh.netns("client"), PY, str(APPS / "load.py"), f"{URL}/whoami",
-         "-n", "1000000", "--duration", "15", "-c", "4", "--pace", "0.004"], stdout=subprocess.PIPE, text=True)
+         "-n", "1000000", "--duration", "240", "-c", "4", "--pace", "0.004"], stdout=subprocess.PIPE, text=True)
     try:
+        # The load runs until every change below is made and the new endpoint has had a few
+        # seconds of traffic (SIGUSR1 ends it), however slowly a loaded machine gets there.
+        time.sleep(1.0)  # the load's workers are up before the first change
         for weights in ((100, 0), (0, 100), (50, 50)):
             time.sleep(0.7)
             apply(mesh, tmp_path, f"""
@@ -371,6 +375,8 @@ spec:
 """)
         mesh.run("create", "r4", "--service", "reviews:9080", "--label", "version=v1", "--", *backend("r4"))
         mesh.run("delete", "r2")
+        time.sleep(3.0)
+        proc.send_signal(signal.SIGUSR1)
         out, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import signal
 import threading
 import time
 from collections import Counter
@@ -38,10 +39,15 @@ def main() -> None:
     failures: list[str] = []
     left = [args.requests]
     deadline = time.monotonic() + args.duration if args.duration else None
+    stop = threading.Event()
+    # SIGUSR1 ends the run early (each worker finishes the request it has in flight): a test that
+    # must keep load running until some slow step is done sends it then, instead of guessing a
+    # duration that a loaded machine can overrun.
+    signal.signal(signal.SIGUSR1, lambda signum, frame: stop.set())
 
     def take() -> bool:
         with lock:
-            if left[0] <= 0 or (deadline is not None and time.monotonic() >= deadline):
+            if stop.is_set() or left[0] <= 0 or (deadline is not None and time.monotonic() >= deadline):
                 return False
             left[0] -= 1
             return True
