@@ -177,9 +177,13 @@ class Mesh:
         return [str(p["name"]) for p in json.loads(done.stdout)]
 
     def teardown(self) -> None:
-        """delete every pod, then gc: the supported way out; force_clean mops up after it."""
-        for pod in self.pod_names():
-            self.run("delete", pod, check=False, timeout=60)
+        """delete every pod, then gc: the supported way out; force_clean mops up after it.
+        One `meshns delete` for all (the scale section's 100 pods: one CLI start, not 100); it
+        stops at the first pod it cannot delete, so then the rest go one by one."""
+        pods = self.pod_names()
+        if pods and self.run("delete", *pods, check=False, timeout=60 + 5 * len(pods)).returncode != 0:
+            for pod in self.pod_names():
+                self.run("delete", pod, check=False, timeout=60)
         if (self.state_dir / "registry.db").exists():
             self.run("gc", check=False, timeout=60)
 
