@@ -595,7 +595,7 @@ def _report(bench: Bench, settings: Settings, args: argparse.Namespace, load_bef
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
-    report.write_chart(out / "bench.png", med, bench.rss_peak_mb)
+    report.write_chart(out / "bench.png", med, bench.rss_peak_mb, bench.scale)
     text = (report.table(med, rat, bench.rss_peak_mb) + "\n\n" + report.scale_table(bench.scale) + "\n\n"
             + report.bar_text(verdicts) + "\n")
     text += "".join(f"note: {n}\n" for n in notes)

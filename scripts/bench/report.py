@@ -335,8 +335,10 @@ def document(*, machine: Mapping[str, object], settings: Mapping[str, object],
     }
 
 
-def write_chart(path: Path, med: Mapping[str, Figures], rss_peak_mb: Mapping[str, Mapping[str, float]]) -> None:
-    """bench.png: four bar charts (max rate, latency, CPU and RSS per proxy, bulk)."""
+def write_chart(path: Path, med: Mapping[str, Figures], rss_peak_mb: Mapping[str, Mapping[str, float]],
+                scale: Scale | None = None) -> None:
+    """bench.png: four bar charts (max rate, latency, CPU and RSS per proxy, bulk), and with the
+    scale section two more (create->ready of each pod in turn, the idle connections' sidecar RSS)."""
     # Imported here: only the chart needs matplotlib (the pure parts and their tests do not), and
     # the Agg backend (no display) must be chosen before pyplot is imported.
     import matplotlib  # noqa: PLC0415
@@ -345,7 +347,7 @@ def write_chart(path: Path, med: Mapping[str, Figures], rss_peak_mb: Mapping[str
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     colors = {"direct": "#7f7f7f", "meshns": "#1f77b4", "haproxy": "#ff7f0e"}
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plt.subplots(2, 3 if scale else 2, figsize=(18 if scale else 12, 8), squeeze=False)
     ax = axes[0][0]
     values = [_get(med, f"rps/{s}", "rps") or 0 for s in SYSTEMS]
     ax.bar(SYSTEMS, values, color=[colors[s] for s in SYSTEMS])
@@ -391,7 +393,38 @@ def write_chart(path: Path, med: Mapping[str, Figures], rss_peak_mb: Mapping[str
     ax.set_title("bulk: 1 MiB bodies (wrk, closed loop)")
     ax.legend()
 
+    if scale:
+        _scale_panels(axes[0][2], axes[1][2], scale)
     fig.suptitle("meshns benchmark: direct vs meshns vs HAProxy (medians of the rounds)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _scale_panels(ax_pods: Any, ax_idle: Any, scale: Scale) -> None:
+    size = "" if scale.full_size else " (quick size)"
+    if scale.pods is not None:
+        p = scale.pods
+        ax_pods.plot(range(1, len(p.create_ms) + 1), p.create_ms, marker=".", color="#1f77b4", linewidth=1)
+        ax_pods.axhline(CREATE_MS_TARGET, color="red", linestyle="--", linewidth=1,
+                        label=f"target median {CREATE_MS_TARGET:g} ms")
+        median_ms = p.figures()["median_ms"]
+        if median_ms is not None:
+            ax_pods.axhline(median_ms, color="#1f77b4", linestyle=":", linewidth=1, label=f"median {median_ms:,.0f} ms")
+        ax_pods.set_ylim(bottom=0)
+        ax_pods.set_xlabel("pod, in order of creation")
+        ax_pods.set_ylabel("ms")
+        ax_pods.set_title(f"meshns create -> ready, {p.wanted} pods{size}: {p.ready} ready")
+        ax_pods.legend()
+    if scale.idle is not None:
+        i = scale.idle
+        values = [i.rss_before_mb, i.rss_held_mb, i.rss_peak_mb]
+        ax_idle.bar(["before", "held (VmRSS)", "peak (VmHWM)"], values, color="#1f77b4")
+        ax_idle.axhline(IDLE_RSS_MB_TARGET, color="red", linestyle="--", linewidth=1,
+                        label=f"target {IDLE_RSS_MB_TARGET:g} MB at {SCALE_CONNS:,}")
+        for x, v in enumerate(values):
+            ax_idle.annotate(f"{v:.1f}", (x, v), ha="center", va="bottom", fontsize=8)
+        ax_idle.set_ylabel("MB")
+        ax_idle.set_title(f"client sidecar RSS, {i.wanted:,} idle keep-alive connections{size}\n"
+                          f"{i.answered:,} of {i.wanted:,} answered", fontsize=10)
+        ax_idle.legend()

@@ -3,6 +3,8 @@ ratios and the bar's verdicts. Run with `.venv/bin/pytest scripts/bench`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench import parse, render, report
@@ -327,3 +329,10 @@ def test_scale_table_and_document() -> None:
                            verdicts=report.bar({}, report.ratios({}), {}, scale), notes=[], scale=scale)
     assert full["scale"] == doc
     assert [b["verdict"] for b in full["bar"]][7:] == ["not at full size", "not at full size"]
+
+
+def test_chart_with_the_scale_panels(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    med = report.medians(_rounds())
+    report.write_chart(tmp_path / "bench.png", med, {"meshns": {"client sidecar": 34.0}}, _scale())
+    assert (tmp_path / "bench.png").stat().st_size > 10_000
