@@ -334,6 +334,7 @@ class Bench:
         deleted with one `meshns delete`."""
         n = self.s.scale_pods
         names = [SCALE_POD.format(i) for i in range(1, n + 1)]
+        load_before = measure.loadavg()
         times: list[float] = []
         failed = 0
         for i, name in enumerate(names, 1):
@@ -351,6 +352,8 @@ class Bench:
                     self.notes.append(f"scale: meshns create {name} failed: {why}")
             if i % max(1, n // 10) == 0 and i < n:
                 self.progress.tick(str(i))
+        self.notes.append(f"scale: load average {load_before:.2f} at the first create, {measure.loadavg():.2f} "
+                          "after the last (create->ready is wall time: anything else running stretches it)")
         ready = parse.ready_pods(self.mesh.run("list", "-o", "json").stdout, names)
         made = [p for p in self.mesh.pod_names() if p in names]
         t = time.monotonic()
