@@ -474,7 +474,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench.sh", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one short round and a small scale section: 10 pods, "
-                    "1,000 connections (CI smoke, 1.5-2 minutes)")
+                    "1,000 connections (CI smoke, about 2 minutes)")
     ap.add_argument("--out", type=Path, default=REPO / "bench-results", help="where bench.json/png go")
     ap.add_argument("--cleanup-only", action="store_true", help="remove whatever a killed run left, then exit")
     ap.add_argument("--only", choices=("all", "scale"), default="all",
