@@ -3,6 +3,9 @@
 Run through scripts/bench.sh (root, packages). Builds its own namespaces and a private mesh,
 measures each case round after round (direct, meshns, HAProxy, direct, ... so drift hits all
 three alike), reports medians, and removes everything it made on any exit, Ctrl-C included.
+Then the scale section, in the same private mesh: pods made one after another with `meshns
+create` (each timed from start to exit: create returns once the pod is ready), and one sidecar
+holding many idle HTTP/1.1 keep-alive connections (its peak RSS read from /proc).
 Exit status: 0 when the benchmark ran (whether or not the targets are met), 1 when it failed,
 130 when interrupted.
 """
@@ -16,8 +19,10 @@ import grp
 import json
 import os
 import pwd
+import resource
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +40,17 @@ LOCK = Path("/run/meshns-bench.lock")
 RATE = 1000.0  # Istio's published latency setup: 1000 req/s, 16 connections, 1 KB
 CONNS = 16
 HAPROXY_USER = "haproxy"  # Debian's haproxy package makes this system user: a uid of its own
+# A short drain keeps delete quick; not 0, which the sidecar's config refuses (it then never
+# listens and create fails on the outbound probe, though the CLI accepts 0).
+DRAIN = ("--drain-timeout", "0.5")
+# The scale section: its pods' names, and the unmodified client app that holds the connections
+# (the load test's; standard library only). It opens them in batches of IDLE_BATCH, each batch
+# connected and answered before the next (a ramp well under the sidecar's listen backlog).
+SCALE_POD = "scale-{:03d}"
+IDLE_POD = "idle"
+MANYCONNS = REPO / "tests" / "integration" / "apps" / "manyconns.py"
+IDLE_BATCH = 250
+IDLE_HOLD_S = 2.0  # held idle this long before the sidecar's memory is read
 
 
 @dataclass(frozen=True)
@@ -45,15 +61,19 @@ class Settings:
     bulk_s: int
     bulk_conns: int
     warmup_requests: int
+    scale_pods: int  # pods made one after another (create -> ready)
+    idle_conns: int  # idle keep-alive connections held through one sidecar
 
     @staticmethod
     def full() -> Settings:
-        return Settings(rounds=3, rps_s=10, fixed_s=10, bulk_s=8, bulk_conns=4, warmup_requests=5000)
+        return Settings(rounds=3, rps_s=10, fixed_s=10, bulk_s=8, bulk_conns=4, warmup_requests=5000,
+                        scale_pods=report.SCALE_PODS, idle_conns=report.SCALE_CONNS)
 
     @staticmethod
     def quick() -> Settings:
         # CI smoke: one round, short runs; fixed rate 3 s still gives 3000 latency samples.
-        return Settings(rounds=1, rps_s=2, fixed_s=3, bulk_s=2, bulk_conns=4, warmup_requests=500)
+        return Settings(rounds=1, rps_s=2, fixed_s=3, bulk_s=2, bulk_conns=4, warmup_requests=500,
+                        scale_pods=10, idle_conns=1000)
 
 
 @dataclass
@@ -75,6 +95,10 @@ class Progress:
         self.done += 1
         print(f"[{self.done}/{self.total}] {text} ...", end="", flush=True)
 
+    def tick(self, text: str) -> None:
+        """A sign of life within a long step, on the step's line."""
+        print(f" {text}", end="", flush=True)
+
     def result(self, text: str) -> None:
         print(f" {text}  ({time.monotonic() - self.t0:.0f} s)", flush=True)
 
@@ -89,6 +113,8 @@ class Bench:
         self.rounds: list[dict[str, report.Figures]] = []
         self.rss_peak_mb: dict[str, dict[str, float]] = {}
         self.notes: list[str] = []
+        self.scale: report.Scale | None = None
+        self.idle_client: subprocess.Popen[str] | None = None
 
     # ---- setup -------------------------------------------------------------------------------
 
@@ -179,14 +205,11 @@ class Bench:
         # reload, and no pooled TLS connection to webp from before it can exist).
         m.run("apply", "-f", "-", input=render.peer_authentication_disable("plain"))
         nginx = ["nginx", "-c", "", "-g", "daemon off;"]
-        # A short drain keeps delete quick; not 0, which the sidecar's config refuses (it then never
-        # listens and create fails on the outbound probe, though the CLI accepts 0).
-        drain = ("--drain-timeout", "0.5")
         for pod, service, identity_ns in (("srv", "web:80", "default"), ("srvp", "webp:80", "plain")):
             nginx[2] = str(self._nginx_conf(f"pod-{pod}"))
-            m.run("create", pod, "--service", service, "--namespace", identity_ns, *drain,
+            m.run("create", pod, "--service", service, "--namespace", identity_ns, *DRAIN,
                   "--", *nginx)
-        m.run("create", "cli", *drain)
+        m.run("create", "cli", *DRAIN)
         cli = m.runner("cli")
         self.routes["meshns"] = Route("meshns", cli, "http://web:80", {
             "client sidecar": m.sidecar("cli"), "server sidecar": m.sidecar("srv")})
@@ -302,9 +325,109 @@ class Bench:
                     figures[f"{kind}/{system}"] = self.case(kind, system)
         self.check_mesh_tls("after the rounds")
 
+    # ---- scale -------------------------------------------------------------------------------
+
+    def scale_pods(self) -> report.PodScale:
+        """``scale_pods`` pods made one after another with `meshns create` (no app), each timed
+        from start to exit (create returns once the pod is ready); then all listed, then all
+        deleted with one `meshns delete`."""
+        n = self.s.scale_pods
+        names = [SCALE_POD.format(i) for i in range(1, n + 1)]
+        load_before = measure.loadavg()
+        times: list[float] = []
+        failed = 0
+        for i, name in enumerate(names, 1):
+            t = time.monotonic()
+            try:
+                done = self.mesh.run("create", name, *DRAIN, check=False, timeout=60)
+                ok, why = done.returncode == 0, (done.stdout + done.stderr).strip()[-300:]
+            except subprocess.TimeoutExpired:
+                ok, why = False, "no exit within 60 s"
+            if ok:
+                times.append((time.monotonic() - t) * 1000)
+            else:
+                failed += 1
+                if failed <= 3:
+                    self.notes.append(f"scale: meshns create {name} failed: {why}")
+            if i % max(1, n // 10) == 0 and i < n:
+                self.progress.tick(str(i))
+        self.notes.append(f"scale: load average {load_before:.2f} at the first create, {measure.loadavg():.2f} "
+                          "after the last (create->ready is wall time: anything else running stretches it)")
+        ready = parse.ready_pods(self.mesh.run("list", "-o", "json").stdout, names)
+        made = [p for p in self.mesh.pod_names() if p in names]
+        t = time.monotonic()
+        done = self.mesh.run("delete", *made, check=False, timeout=60 + 5 * len(made))
+        delete_s = time.monotonic() - t
+        if done.returncode != 0:
+            raise RuntimeError(f"meshns delete of the scale pods failed:\n{done.stdout}{done.stderr}".strip())
+        pods = report.PodScale(wanted=n, create_ms=tuple(round(ms, 1) for ms in times), failed=failed,
+                               ready=ready, delete_s=round(delete_s, 2))
+        f = pods.figures()
+        self.progress.result(f"median {f['median_ms'] or 0:,.0f} ms  p90 {f['p90_ms'] or 0:,.0f} ms  "
+                             f"max {f['max_ms'] or 0:,.0f} ms; {ready} of {n} ready")
+        return pods
+
+    def idle_conns(self) -> report.IdleScale:
+        """``idle_conns`` HTTP/1.1 keep-alive connections from an unmodified client app in pod
+        idle to webp (nginx, plaintext), each answered once, then all held idle at once while the
+        client sidecar's memory is read from /proc; then each must answer again."""
+        m, n = self.mesh, self.s.idle_conns
+        _fd_room(n + 1024)  # the client app holds n sockets; its descriptor limit is inherited from us
+        m.run("create", IDLE_POD, *DRAIN)
+        route = Route("meshns", m.runner(IDLE_POD), "http://webp:80")
+        self._wait_ok(route)
+        pid = m.sidecar_pid(IDLE_POD)
+        rss_before, _ = measure.memory_kb(pid)
+        held_file, go_file = self.tmp / "idle-held.json", self.tmp / "idle-go"
+        log = self.logs / "manyconns.log"
+        # Its command line names our temp dir (the files), so force_clean finds it if we die.
+        with log.open("w") as err:
+            self.idle_client = subprocess.Popen(
+                route.runner.argv(sys.executable, str(MANYCONNS), "client", "--target", "webp:80", "-n", str(n),
+                                  "--batch", str(IDLE_BATCH), "--http", render.SMALL_PATH,
+                                  "--held-file", str(held_file), "--go-file", str(go_file), "--hold-max", "300"),
+                env=route.runner.env, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True)
+        proc = self.idle_client
+        patience = 60 + n / 50  # a guard against a hang, not a figure
+        self._wait(lambda: held_file.exists() or proc.poll() is not None, f"{n} connections to open",
+                   timeout=patience)
+        if not held_file.exists():
+            raise RuntimeError(f"the client app exited before holding its connections (exit {proc.returncode}):\n"
+                               + log.read_text(errors="replace")[-1500:])
+        time.sleep(IDLE_HOLD_S)
+        active = m.status(IDLE_POD).get("sidecar_stats", {}).get("active")
+        rss_held, hwm = measure.memory_kb(pid)
+        if "meshns.dataplane" not in topology.cmdline(pid):
+            raise RuntimeError(f"pod {IDLE_POD}'s sidecar (pid {pid}) went away while the connections were held")
+        go_file.touch()
+        out, _ = proc.communicate(timeout=patience)
+        self.idle_client = None
+        held = parse.parse_manyconns(out)  # the pod goes with the others at teardown (one delete)
+        mb = 1024 / 1e6
+        idle = report.IdleScale(wanted=n, opened=held.opened, answered=held.answered,
+                                active=active if isinstance(active, int) else None,
+                                rss_before_mb=round(rss_before * mb, 1), rss_held_mb=round(rss_held * mb, 1),
+                                rss_peak_mb=round(hwm * mb, 1), open_s=held.seconds.get("open"),
+                                failures=held.failures)
+        if held.examples:
+            self.notes.append("scale: client app failures, e.g. " + "; ".join(held.examples[:3]))
+        self.progress.result(f"peak RSS {idle.rss_peak_mb:.1f} MB; {idle.answered:,} of {n:,} answered")
+        return idle
+
+    def run_scale(self) -> None:
+        t0 = time.monotonic()
+        self.progress.step(f"scale: {self.s.scale_pods} pods, meshns create one after another")
+        pods = self.scale_pods()
+        self.progress.step(f"scale: {self.s.idle_conns:,} idle HTTP/1.1 keep-alive connections through one sidecar")
+        idle = self.idle_conns()
+        self.scale = report.Scale(pods=pods, idle=idle, seconds=round(time.monotonic() - t0, 1))
+
     # ---- teardown ----------------------------------------------------------------------------
 
     def cleanup(self) -> None:
+        if self.idle_client is not None and self.idle_client.poll() is None:
+            self.idle_client.kill()
+            self.idle_client.wait()
         self.net.stop()
         with contextlib.suppress(Exception):
             self.mesh.teardown()
@@ -315,8 +438,23 @@ def _per_1k(cpu: dict[str, float | None], requests: int) -> dict[str, float | No
     return {k: (v / requests * 1000 if v is not None and requests else None) for k, v in cpu.items()}
 
 
-def total_steps(s: Settings) -> int:
-    return 4 + s.rounds * sum(len(v) for v in report.KIND_SYSTEMS.values()) + 1
+def _fd_room(need: int) -> None:
+    """Make sure programs we start may open ``need`` descriptors (raising our hard limit if we
+    may: root with CAP_SYS_RESOURCE); fail clearly if not."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, need))
+        except (ValueError, OSError):
+            raise RuntimeError(f"the descriptor hard limit is {hard}; holding the scale section's connections "
+                               f"needs {need} (raise it: ulimit -Hn {need})") from None
+
+
+def total_steps(s: Settings, only: str = "all") -> int:
+    scale = 2
+    if only == "scale":
+        return 2 + scale + 1
+    return 4 + s.rounds * sum(len(v) for v in report.KIND_SYSTEMS.values()) + scale + 1
 
 
 @contextlib.contextmanager
@@ -335,9 +473,13 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench.sh", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="one short round (CI smoke, under a minute)")
+    ap.add_argument("--quick", action="store_true", help="one short round and a small scale section: 10 pods, "
+                    "1,000 connections (CI smoke, about 2 minutes)")
     ap.add_argument("--out", type=Path, default=REPO / "bench-results", help="where bench.json/png go")
     ap.add_argument("--cleanup-only", action="store_true", help="remove whatever a killed run left, then exit")
+    ap.add_argument("--only", choices=("all", "scale"), default="all",
+                    help="scale: only the private mesh and the scale section (pods created to ready, idle "
+                         "connections held through one sidecar), for working on it; the other rows read '-'")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench: run as root (namespaces, iptables)", file=sys.stderr)
@@ -362,25 +504,30 @@ def _run(args: argparse.Namespace) -> int:
     load_before = measure.loadavg()
     tmp = Path(tempfile.mkdtemp(prefix=topology.TMP_PREFIX))
     tmp.chmod(0o755)  # nginx workers (nobody) read www/ under it
-    progress = Progress(total_steps(settings))
+    progress = Progress(total_steps(settings, args.only))
     bench = Bench(settings, tmp, progress)
     rc = 0
     try:
-        print(f"bench: {'quick' if args.quick else 'full'} run, {settings.rounds} round(s); "
+        only = "" if args.only == "all" else f" (only: {args.only})"
+        print(f"bench: {'quick' if args.quick else 'full'} run{only}, {settings.rounds} round(s); "
               f"load average {load_before:.2f} on {os.cpu_count()} cores", flush=True)
         progress.step("certificates, nginx files")
         bench.files()
         progress.result("done")
-        progress.step("direct and HAProxy namespaces, nginx, interception rules, HAProxy")
-        bench.plain()
-        progress.result("done")
+        if args.only == "all":
+            progress.step("direct and HAProxy namespaces, nginx, interception rules, HAProxy")
+            bench.plain()
+            progress.result("done")
         progress.step("private mesh: pods srv (web, mTLS), srvp (webp, no mTLS), cli")
         bench.meshns()
         progress.result("done")
-        progress.step(f"warm-up ({settings.warmup_requests} requests per path)")
-        bench.warm_up()
-        progress.result("done")
-        bench.run_rounds()
+        if args.only == "all":
+            progress.step(f"warm-up ({settings.warmup_requests} requests per path)")
+            bench.warm_up()
+            progress.result("done")
+            bench.run_rounds()
+        # After the rounds: its 100 extra sidecars and 10,000 connections must not weigh on them.
+        bench.run_scale()
         progress.step(f"report to {args.out}")
         text = _report(bench, settings, args, load_before, t0)
         progress.result("done")
@@ -422,28 +569,37 @@ def _report(bench: Bench, settings: Settings, args: argparse.Namespace, load_bef
     """Writes bench.json, bench.png and bench.txt; returns the text for the terminal."""
     med = report.medians(bench.rounds)
     rat = report.ratios(med)
-    verdicts = report.bar(med, rat, bench.rss_peak_mb)
+    verdicts = report.bar(med, rat, bench.rss_peak_mb, bench.scale)
     load_after = measure.loadavg()
-    notes = [*bench.notes,
-             "HAProxy: nbthread 1 per process (one meshns sidecar is one Python process), mode http, "
-             "TLS 1.3, EC P-256 certificates, client verifies the server name, server requires a client "
-             "certificate; HAProxy's default buffers (tune.bufsize 16 KiB), which on a busy machine cost it bulk "
-             "throughput (more wake-ups per MiB); no access log (meshns keeps its defaults: metrics and "
-             "access log on)"]
+    notes = list(bench.notes)
+    if args.only == "all":
+        notes.append("HAProxy: nbthread 1 per process (one meshns sidecar is one Python process), mode http, "
+                     "TLS 1.3, EC P-256 certificates, client verifies the server name, server requires a client "
+                     "certificate; HAProxy's default buffers (tune.bufsize 16 KiB), which on a busy machine cost it "
+                     "bulk throughput (more wake-ups per MiB); no access log (meshns keeps its defaults: metrics and "
+                     "access log on)")
+    if bench.scale is not None:
+        notes.append(f"scale: pods made with no app, next to the mesh's own pods srv, srvp and cli; create->ready is "
+                     f"each `meshns create` from start to exit, CLI start-up included; the idle connections are "
+                     f"{MANYCONNS.name}'s (tests/integration/apps) GETs of {render.SMALL_PATH} from a fresh pod "
+                     f"'{IDLE_POD}' to webp (nginx, no mTLS), opened {IDLE_BATCH} at a time, held {IDLE_HOLD_S:g} s "
+                     "before its sidecar's VmRSS/VmHWM are read")
     if max(load_before, load_after) > 0.5:
         notes.append(f"machine not idle: load average {load_before:.2f} before, {load_after:.2f} after; "
                      "figures are noisy")
     doc = report.document(
         machine=measure.machine_facts(REPO),
-        settings={**asdict(settings), "mode": "quick" if args.quick else "full", "rate": RATE,
+        settings={**asdict(settings), "mode": "quick" if args.quick else "full", "only": args.only, "rate": RATE,
                   "connections": CONNS, "load_before": load_before, "load_after": load_after,
                   "wall_s_before_report": round(time.monotonic() - t0, 1)},
-        rounds=bench.rounds, med=med, rat=rat, rss_peak_mb=bench.rss_peak_mb, verdicts=verdicts, notes=notes)
+        rounds=bench.rounds, med=med, rat=rat, rss_peak_mb=bench.rss_peak_mb, verdicts=verdicts, notes=notes,
+        scale=bench.scale)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
-    report.write_chart(out / "bench.png", med, bench.rss_peak_mb)
-    text = report.table(med, rat, bench.rss_peak_mb) + "\n\n" + report.bar_text(verdicts) + "\n"
+    report.write_chart(out / "bench.png", med, bench.rss_peak_mb, bench.scale)
+    text = (report.table(med, rat, bench.rss_peak_mb) + "\n\n" + report.scale_table(bench.scale) + "\n\n"
+            + report.bar_text(verdicts) + "\n")
     text += "".join(f"note: {n}\n" for n in notes)
     (out / "bench.txt").write_text(text)
     return text

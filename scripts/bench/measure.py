@@ -70,6 +70,11 @@ def sample(pid: int) -> ProcSample:
     return ProcSample(pid, parse.proc_cpu_ticks(stat), parse.proc_status_kb(status, "VmHWM"))
 
 
+def memory_kb(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of ``pid`` now, in kB: resident now and at its peak so far."""
+    return parse.proc_memory_kb(Path(f"/proc/{pid}/status").read_text())
+
+
 def cpu_seconds(before: ProcSample, after: ProcSample) -> float | None:
     """CPU used between two samples, or None if the process was replaced in between."""
     if before.pid != after.pid:

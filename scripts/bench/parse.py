@@ -5,9 +5,10 @@ Every function takes text and returns numbers, so the tests can feed recorded ou
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 _UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3,
@@ -162,3 +163,48 @@ def median(values: Sequence[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
     return float(ordered[mid]) if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def ready_pods(list_json: str, names: Collection[str]) -> int:
+    """How many of ``names`` `meshns list -o json` shows ready ("state": "ready") with a running
+    sidecar: what create promised when it returned."""
+    rows = json.loads(list_json)
+    if not isinstance(rows, list):
+        raise ValueError("meshns list -o json: not a list")
+    return sum(1 for r in rows if isinstance(r, dict) and r.get("name") in names
+               and r.get("state") == "ready" and r.get("sidecar") == "running")
+
+
+@dataclass(frozen=True)
+class HeldConns:
+    """What tests/integration/apps/manyconns.py's client printed when it finished."""
+
+    wanted: int
+    opened: int  # connected and answered their first request (only those are held)
+    answered: int  # of those, answered again after all were held
+    failures: dict[str, dict[str, int]]  # phase -> why -> count
+    examples: tuple[str, ...]
+    seconds: dict[str, float]  # phase -> s
+
+
+def parse_manyconns(text: str) -> HeldConns:
+    """The client's one JSON line on stdout (its last line, if anything else was printed)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ValueError("manyconns printed nothing")
+    data = json.loads(lines[-1])
+    if not isinstance(data, dict):
+        raise ValueError(f"manyconns printed {lines[-1][:80]!r}, not an object")
+    return HeldConns(
+        wanted=int(data["wanted"]),
+        opened=int(data["opened"]),
+        answered=int(data["second_ok"]),
+        failures={str(phase): {str(k): int(v) for k, v in why.items()} for phase, why in data["failures"].items()},
+        examples=tuple(str(e) for e in data.get("examples", ())),
+        seconds={str(k): float(v) for k, v in data.get("seconds", {}).items()},
+    )
+
+
+def proc_memory_kb(status_text: str) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of /proc/PID/status: resident now and at its peak."""
+    return proc_status_kb(status_text, "VmRSS"), proc_status_kb(status_text, "VmHWM")

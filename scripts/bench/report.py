@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.parse import median
+from bench.parse import median, percentile
 
 SYSTEMS = ("direct", "meshns", "haproxy")
 # Case kinds, in the order they run within a round.
@@ -19,6 +19,56 @@ KINDS = ("rps", "fixed", "bulk", "bulk_plain")
 KIND_SYSTEMS = {"rps": SYSTEMS, "fixed": SYSTEMS, "bulk": SYSTEMS, "bulk_plain": ("meshns", "haproxy")}
 
 Figures = dict[str, Any]  # one case's figures: numbers, or {proxy label: number}
+
+# The scale part of the bar (issue 7), at full size.
+SCALE_PODS = 100
+SCALE_CONNS = 10_000
+CREATE_MS_TARGET = 500.0
+IDLE_RSS_MB_TARGET = 150.0
+
+
+@dataclass(frozen=True)
+class PodScale:
+    """N pods made with `meshns create`, one after another, in the benchmark's mesh."""
+
+    wanted: int
+    create_ms: tuple[float, ...]  # wall time of each create that succeeded, start to exit, in order
+    failed: int  # creates that exited non-zero or timed out
+    ready: int  # pods `meshns list` showed ready with a running sidecar once all were made
+    delete_s: float | None  # one `meshns delete` of them all
+
+    def figures(self) -> dict[str, float | None]:
+        ms = self.create_ms
+        return {"median_ms": median(ms) if ms else None, "p90_ms": percentile(ms, 90) if ms else None,
+                "max_ms": max(ms) if ms else None}
+
+
+@dataclass(frozen=True)
+class IdleScale:
+    """M HTTP/1.1 keep-alive connections held idle through one (the client's) sidecar."""
+
+    wanted: int
+    opened: int  # connected and answered once; all of these were then held at once
+    answered: int  # of those, answered again after the hold
+    active: int | None  # live connections the sidecar itself counted while they were held
+    rss_before_mb: float  # the sidecar's VmRSS before the first connection
+    rss_held_mb: float  # its VmRSS while all were held
+    rss_peak_mb: float  # its VmHWM while all were held (the ramp included)
+    open_s: float | None  # how long opening them all took
+    failures: dict[str, dict[str, int]]  # phase -> why -> count, as the client app counted them
+
+
+@dataclass(frozen=True)
+class Scale:
+    pods: PodScale | None
+    idle: IdleScale | None
+    seconds: float  # the whole section, wall time
+
+    @property
+    def full_size(self) -> bool:
+        return (self.pods is not None and self.pods.wanted >= SCALE_PODS
+                and self.idle is not None and self.idle.wanted >= SCALE_CONNS)
+
 
 
 def medians(rounds: Sequence[Mapping[str, Figures]]) -> dict[str, Figures]:
@@ -87,10 +137,15 @@ class Verdict:
     target: str
     measured: float | None
     unit: str
-    met: bool | None  # None: could not be measured
+    met: bool | None  # None: could not be measured, or not at the target's size
+    # What the figure is of when that is smaller than the target's size (a --quick run: "10 pods");
+    # such a figure is shown but not judged.
+    of: str = ""
 
     @property
     def word(self) -> str:
+        if self.of and self.measured is not None:
+            return "not at full size"
         return {True: "met", False: "NOT met", None: "not measured"}[self.met]
 
 
@@ -108,9 +163,10 @@ def _worst(values: Mapping[str, Any] | None) -> float | None:
 
 
 def bar(med: Mapping[str, Figures], rat: Mapping[str, Mapping[str, float | None]],
-        rss_peak_mb: Mapping[str, Mapping[str, float]]) -> list[Verdict]:
+        rss_peak_mb: Mapping[str, Mapping[str, float]], scale: Scale | None = None) -> list[Verdict]:
     """The issue's targets for the full mesh path, each with the measured figure. CPU and RSS
-    are per sidecar, so the worse of the two sidecars is what is checked."""
+    are per sidecar, so the worse of the two sidecars is what is checked. Then the scale part
+    (see scale_bar)."""
     m = rat["meshns"]
     cpu = _worst(med.get("fixed/meshns", {}).get("cpu_s_per_1k"))
     rss = _worst(rss_peak_mb.get("meshns"))
@@ -127,6 +183,31 @@ def bar(med: Mapping[str, Figures], rat: Mapping[str, Mapping[str, float | None]
                 _at_least(m["bulk_plain_vs_direct"], 0.9)),
         Verdict("L4 bulk with mTLS >= 1.0x HAProxy with TLS", m["bulk_tls_vs_haproxy"], "x",
                 _at_least(m["bulk_tls_vs_haproxy"], 1.0)),
+        *scale_bar(scale),
+    ]
+
+
+def scale_bar(scale: Scale | None) -> list[Verdict]:
+    """The scale targets. A figure only counts when everything it is a figure of worked: the
+    median of creates only when every pod came up ready, the RSS only when every connection
+    answered twice (otherwise NOT met, with the figure shown). A run smaller than the target's
+    size (--quick) shows its figure with what it is of, unjudged."""
+    pods = scale.pods if scale else None
+    idle = scale.idle if scale else None
+    create = pods.figures()["median_ms"] if pods else None
+    rss = idle.rss_peak_mb if idle else None
+    create_met = rss_met = None
+    if pods and create is not None:
+        create_met = create < CREATE_MS_TARGET and pods.ready == pods.wanted and not pods.failed
+    if idle and rss is not None:
+        rss_met = rss < IDLE_RSS_MB_TARGET and idle.answered == idle.wanted
+    create_of = f"{pods.wanted} pods" if pods and pods.wanted < SCALE_PODS else ""
+    rss_of = f"{idle.wanted:,} connections" if idle and idle.wanted < SCALE_CONNS else ""
+    return [
+        Verdict(f"median create->ready < {CREATE_MS_TARGET:g} ms", create, "ms",
+                None if create_of else create_met, create_of),
+        Verdict(f"{SCALE_CONNS:,} idle connections < {IDLE_RSS_MB_TARGET:g} MB RSS per sidecar", rss, "MB",
+                None if rss_of else rss_met, rss_of),
     ]
 
 
@@ -184,32 +265,80 @@ def bar_text(verdicts: Sequence[Verdict]) -> str:
     lines = ["bar (issue 7 targets, full mesh path):"]
     for v in verdicts:
         figure = "-" if v.measured is None else f"{v.measured:.3f} {v.unit}"
-        lines.append(f"  {v.word:<12} {v.target:<50} measured {figure}")
+        if v.of and v.measured is not None:
+            figure += f" (of {v.of}: not comparable)"
+        lines.append(f"  {v.word:<16} {v.target:<54} measured {figure}")
     return "\n".join(lines)
+
+
+def scale_table(scale: Scale | None) -> str:
+    """The scale section's rows for the terminal and bench.txt."""
+    if scale is None:
+        return "scale: not run"
+    size = "full size" if scale.full_size else "quick size: not comparable to the targets"
+    lines = [f"scale, one host ({size}; {scale.seconds:.0f} s)"]
+    rows: list[tuple[str, str]] = []
+    if scale.pods is not None:
+        p, f = scale.pods, scale.pods.figures()
+        rows.append((f"meshns create -> ready, {p.wanted} pods in turn",
+                     f"median {_fmt(f['median_ms'], 0)} ms  p90 {_fmt(f['p90_ms'], 0)} ms  "
+                     f"max {_fmt(f['max_ms'], 0)} ms"))
+        rows.append(("  pods listed ready", f"{p.ready} of {p.wanted}"
+                     + (f" ({p.failed} create(s) failed)" if p.failed else "")))
+        if p.delete_s is not None:
+            rows.append(("  meshns delete of them all", f"{p.delete_s:.1f} s"))
+    if scale.idle is not None:
+        i = scale.idle
+        rows.append((f"{i.wanted:,} idle keep-alive conns, one sidecar",
+                     f"{i.answered:,} of {i.wanted:,} answered" + (f" (opened {i.opened:,})" if i.opened != i.wanted
+                                                                     else "")))
+        rows.append(("  client sidecar peak RSS MB", f"{i.rss_peak_mb:.1f} (held {i.rss_held_mb:.1f}, "
+                     f"before {i.rss_before_mb:.1f})"))
+        if i.active is not None:
+            rows.append(("  live connections in the sidecar", f"{i.active:,}"))
+        if i.failures:
+            rows.append(("  client app failures",
+                         "; ".join(f"{phase}: {dict(why)}" for phase, why in i.failures.items())))
+    width = max((len(r[0]) for r in rows), default=0) + 2
+    lines += [f"  {label.ljust(width)}{value}" for label, value in rows]
+    return "\n".join(lines)
+
+
+def scale_document(scale: Scale | None) -> dict[str, Any] | None:
+    """bench.json's "scale": the raw figures and the summary of each part."""
+    if scale is None:
+        return None
+    pods = None if scale.pods is None else {**asdict(scale.pods), **scale.pods.figures()}
+    idle = None if scale.idle is None else asdict(scale.idle)
+    return {"full_size": scale.full_size, "seconds": scale.seconds, "pods": pods, "idle": idle}
 
 
 def document(*, machine: Mapping[str, object], settings: Mapping[str, object],
              rounds: Sequence[Mapping[str, Figures]], med: Mapping[str, Figures],
              rat: Mapping[str, Mapping[str, float | None]], rss_peak_mb: Mapping[str, Mapping[str, float]],
-             verdicts: Sequence[Verdict], notes: Sequence[str]) -> dict[str, Any]:
+             verdicts: Sequence[Verdict], notes: Sequence[str], scale: Scale | None = None) -> dict[str, Any]:
     """bench.json: enough to redo every number in the table from the raw figures."""
     return {
         "machine": dict(machine),
         "settings": dict(settings),
         "units": {"rps": "requests/s", "latency": "ms", "cpu_s_per_1k": "CPU seconds per 1000 requests "
                   "(= vCPU per 1000 req/s)", "rss": "MB (10^6 bytes), VmHWM", "mb_s": "MB/s (10^6 bytes) of "
-                  "response bodies"},
+                  "response bodies", "create_ms": "ms, wall time of one `meshns create` (it returns when the "
+                  "pod is ready)"},
         "rounds": [dict(r) for r in rounds],
         "median": dict(med),
         "rss_peak_mb": {k: dict(v) for k, v in rss_peak_mb.items()},
         "ratios": {k: dict(v) for k, v in rat.items()},
+        "scale": scale_document(scale),
         "bar": [asdict(v) | {"verdict": v.word} for v in verdicts],
         "notes": list(notes),
     }
 
 
-def write_chart(path: Path, med: Mapping[str, Figures], rss_peak_mb: Mapping[str, Mapping[str, float]]) -> None:
-    """bench.png: four bar charts (max rate, latency, CPU and RSS per proxy, bulk)."""
+def write_chart(path: Path, med: Mapping[str, Figures], rss_peak_mb: Mapping[str, Mapping[str, float]],
+                scale: Scale | None = None) -> None:
+    """bench.png: four bar charts (max rate, latency, CPU and RSS per proxy, bulk), and with the
+    scale section two more (create->ready of each pod in turn, the idle connections' sidecar RSS)."""
     # Imported here: only the chart needs matplotlib (the pure parts and their tests do not), and
     # the Agg backend (no display) must be chosen before pyplot is imported.
     import matplotlib  # noqa: PLC0415
@@ -218,7 +347,7 @@ def write_chart(path: Path, med: Mapping[str, Figures], rss_peak_mb: Mapping[str
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     colors = {"direct": "#7f7f7f", "meshns": "#1f77b4", "haproxy": "#ff7f0e"}
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plt.subplots(2, 3 if scale else 2, figsize=(18 if scale else 12, 8), squeeze=False)
     ax = axes[0][0]
     values = [_get(med, f"rps/{s}", "rps") or 0 for s in SYSTEMS]
     ax.bar(SYSTEMS, values, color=[colors[s] for s in SYSTEMS])
@@ -264,7 +393,38 @@ def write_chart(path: Path, med: Mapping[str, Figures], rss_peak_mb: Mapping[str
     ax.set_title("bulk: 1 MiB bodies (wrk, closed loop)")
     ax.legend()
 
+    if scale:
+        _scale_panels(axes[0][2], axes[1][2], scale)
     fig.suptitle("meshns benchmark: direct vs meshns vs HAProxy (medians of the rounds)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _scale_panels(ax_pods: Any, ax_idle: Any, scale: Scale) -> None:
+    size = "" if scale.full_size else " (quick size)"
+    if scale.pods is not None:
+        p = scale.pods
+        ax_pods.plot(range(1, len(p.create_ms) + 1), p.create_ms, marker=".", color="#1f77b4", linewidth=1)
+        ax_pods.axhline(CREATE_MS_TARGET, color="red", linestyle="--", linewidth=1,
+                        label=f"target median {CREATE_MS_TARGET:g} ms")
+        median_ms = p.figures()["median_ms"]
+        if median_ms is not None:
+            ax_pods.axhline(median_ms, color="#1f77b4", linestyle=":", linewidth=1, label=f"median {median_ms:,.0f} ms")
+        ax_pods.set_ylim(bottom=0)
+        ax_pods.set_xlabel("pod, in order of creation")
+        ax_pods.set_ylabel("ms")
+        ax_pods.set_title(f"meshns create -> ready, {p.wanted} pods{size}: {p.ready} ready")
+        ax_pods.legend()
+    if scale.idle is not None:
+        i = scale.idle
+        values = [i.rss_before_mb, i.rss_held_mb, i.rss_peak_mb]
+        ax_idle.bar(["before", "held (VmRSS)", "peak (VmHWM)"], values, color="#1f77b4")
+        ax_idle.axhline(IDLE_RSS_MB_TARGET, color="red", linestyle="--", linewidth=1,
+                        label=f"target {IDLE_RSS_MB_TARGET:g} MB at {SCALE_CONNS:,}")
+        for x, v in enumerate(values):
+            ax_idle.annotate(f"{v:.1f}", (x, v), ha="center", va="bottom", fontsize=8)
+        ax_idle.set_ylabel("MB")
+        ax_idle.set_title(f"client sidecar RSS, {i.wanted:,} idle keep-alive connections{size}\n"
+                          f"{i.answered:,} of {i.wanted:,} answered", fontsize=10)
+        ax_idle.legend()

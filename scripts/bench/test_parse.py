@@ -3,6 +3,8 @@ ratios and the bar's verdicts. Run with `.venv/bin/pytest scripts/bench`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench import parse, render, report
@@ -183,7 +185,8 @@ def test_medians_ratios_and_bar() -> None:
     assert rat["meshns"]["added_p90_ms"] == pytest.approx(0.5)
     assert rat["meshns"]["bulk_plain_vs_direct"] == pytest.approx(0.95)
     verdicts = report.bar(med, rat, {"meshns": {"client sidecar": 34.0, "server sidecar": 41.0}})
-    assert [v.met for v in verdicts] == [False, True, False, False, False, True, True]
+    # The seven targets of the mesh path, then the two of scale (not run here: not measured).
+    assert [v.met for v in verdicts] == [False, True, False, False, False, True, True, None, None]
     assert verdicts[3].measured == pytest.approx(0.12)  # the worse sidecar is checked
     assert verdicts[4].measured == 41.0
 
@@ -191,6 +194,7 @@ def test_medians_ratios_and_bar() -> None:
 def test_bar_reports_unmeasured() -> None:
     rat = report.ratios({})
     verdicts = report.bar({}, rat, {})
+    assert len(verdicts) == 9
     assert all(v.met is None and v.word == "not measured" for v in verdicts)
 
 
@@ -202,3 +206,133 @@ def test_table_mentions_every_system() -> None:
         assert system in first
     assert "34.0" in text
     assert "0.80" in text  # meshns/haproxy max req/s
+
+
+# ---- the scale section ----------------------------------------------------------------------
+
+LIST_JSON = """[
+  {"name": "srv", "ip": "10.250.0.2", "state": "ready", "phase": "running", "sidecar": "running", "app": "running",
+   "age_s": 9.0},
+  {"name": "scale-001", "ip": "10.250.0.5", "state": "ready", "phase": "running", "sidecar": "running",
+   "app": "none", "age_s": 3.1},
+  {"name": "scale-002", "ip": "10.250.0.6", "state": "creating", "phase": "unknown", "sidecar": "none",
+   "app": "unknown", "age_s": 0.2},
+  {"name": "scale-003", "ip": "10.250.0.7", "state": "ready", "phase": "running", "sidecar": "dead",
+   "app": "none", "age_s": 2.0},
+  {"name": "scale-004", "ip": "10.250.0.8", "state": "ready", "phase": "running", "sidecar": "running",
+   "app": "none", "age_s": 1.0}
+]"""
+
+
+def test_ready_pods_counts_only_the_named_ready_ones_with_a_sidecar() -> None:
+    names = {f"scale-{i:03d}" for i in range(1, 6)}
+    assert parse.ready_pods(LIST_JSON, names) == 2  # 002 still creating, 003's sidecar dead, 005 absent
+    assert parse.ready_pods("[]", names) == 0
+    with pytest.raises(ValueError):
+        parse.ready_pods("{}", names)
+
+
+MANYCONNS_OUT = (
+    '{"wanted": 1000, "opened": 998, "first_ok": 998, "second_ok": 997, "closed_clean": 997, '
+    '"failures": {"connect": {"TimeoutError": 2}, "second": {"status \'HTTP/1.1 503\'": 1}}, '
+    '"examples": ["connect #17: TimeoutError: "], "seconds": {"open": 1.52, "held": 2.1, "second": 0.4, '
+    '"close": 0.2}}\n')
+
+
+def test_parse_manyconns() -> None:
+    held = parse.parse_manyconns("manyconns: a warning first\n" + MANYCONNS_OUT)
+    assert (held.wanted, held.opened, held.answered) == (1000, 998, 997)
+    assert held.failures == {"connect": {"TimeoutError": 2}, "second": {"status 'HTTP/1.1 503'": 1}}
+    assert held.examples == ("connect #17: TimeoutError: ",)
+    assert held.seconds["open"] == pytest.approx(1.52)
+    with pytest.raises(ValueError):
+        parse.parse_manyconns("")
+
+
+def test_proc_memory() -> None:
+    status = "Name:\tpython\nVmHWM:\t   93952 kB\nVmRSS:\t   90000 kB\n"
+    assert parse.proc_memory_kb(status) == (90000, 93952)
+
+
+def _scale(pods: int = 100, conns: int = 10_000, *, ready: int | None = None, answered: int | None = None,
+           create_ms: tuple[float, ...] | None = None, rss: float = 120.0) -> report.Scale:
+    times = create_ms if create_ms is not None else tuple(float(300 + i) for i in range(pods))
+    return report.Scale(
+        pods=report.PodScale(wanted=pods, create_ms=times, failed=pods - len(times),
+                             ready=pods if ready is None else ready, delete_s=12.5),
+        idle=report.IdleScale(wanted=conns, opened=conns, answered=conns if answered is None else answered,
+                              active=conns, rss_before_mb=35.0, rss_held_mb=rss - 2, rss_peak_mb=rss, open_s=30.0,
+                              failures={}),
+        seconds=240.0)
+
+
+def test_pod_scale_figures() -> None:
+    f = _scale(create_ms=(1700.0, 1500.0, 1600.0, 2400.0, 1550.0, 1650.0, 1800.0, 1750.0, 1580.0, 1620.0),
+               pods=10).pods
+    assert f is not None
+    assert f.figures() == {"median_ms": 1635.0, "p90_ms": 1800.0, "max_ms": 2400.0}
+    empty = report.PodScale(wanted=3, create_ms=(), failed=3, ready=0, delete_s=None)
+    assert empty.figures() == {"median_ms": None, "p90_ms": None, "max_ms": None}
+
+
+def _scale_verdicts(scale: report.Scale | None) -> list[report.Verdict]:
+    verdicts = report.bar({}, report.ratios({}), {}, scale)
+    assert len(verdicts) == 9
+    return verdicts[7:]
+
+
+def test_scale_bar_at_full_size() -> None:
+    create, rss = _scale_verdicts(_scale())
+    assert create.target == "median create->ready < 500 ms" and create.unit == "ms"
+    assert rss.target == "10,000 idle connections < 150 MB RSS per sidecar" and rss.unit == "MB"
+    assert (create.met, create.word) == (True, "met") and create.measured == pytest.approx(349.5)
+    assert (rss.met, rss.measured, rss.word) == (True, 120.0, "met")
+    slow, fat = _scale_verdicts(_scale(create_ms=tuple(1700.0 for _ in range(100)), rss=151.0))
+    assert (slow.met, slow.word, fat.met, fat.word) == (False, "NOT met", False, "NOT met")
+
+
+def test_scale_bar_needs_every_pod_ready_and_every_connection_answered() -> None:
+    create, rss = _scale_verdicts(_scale(ready=99, answered=9_999))
+    assert create.measured is not None and create.measured < 500 and create.met is False
+    assert rss.measured == 120.0 and rss.met is False
+    failed, _ = _scale_verdicts(_scale(create_ms=tuple(300.0 for _ in range(98)), ready=98))
+    assert failed.met is False
+
+
+def test_scale_bar_at_quick_size_is_shown_not_judged() -> None:
+    create, rss = _scale_verdicts(_scale(pods=10, conns=1000))
+    assert (create.met, create.of, create.word) == (None, "10 pods", "not at full size")
+    assert (rss.met, rss.of, rss.word) == (None, "1,000 connections", "not at full size")
+    assert create.measured is not None and rss.measured == 120.0
+    text = report.bar_text([create, rss])
+    assert "(of 10 pods: not comparable)" in text and "(of 1,000 connections: not comparable)" in text
+    assert all(v.word == "not measured" for v in _scale_verdicts(None))
+
+
+def test_scale_table_and_document() -> None:
+    scale = _scale(pods=10, conns=1000, answered=998)
+    text = report.scale_table(scale)
+    assert "quick size" in text.splitlines()[0]
+    assert "10 pods in turn" in text and "median 304 ms" in text and "max 309 ms" in text
+    assert "10 of 10" in text
+    assert "998 of 1,000 answered" in text
+    assert "120.0 (held 118.0, before 35.0)" in text
+    assert "full size" in report.scale_table(_scale()).splitlines()[0]
+    assert report.scale_table(None) == "scale: not run"
+    doc = report.scale_document(scale)
+    assert doc is not None and doc["full_size"] is False
+    assert doc["pods"]["median_ms"] == pytest.approx(304.5) and doc["pods"]["ready"] == 10
+    assert len(doc["pods"]["create_ms"]) == 10
+    assert doc["idle"]["answered"] == 998 and doc["idle"]["rss_peak_mb"] == 120.0
+    assert report.scale_document(None) is None
+    full = report.document(machine={}, settings={}, rounds=[], med={}, rat=report.ratios({}), rss_peak_mb={},
+                           verdicts=report.bar({}, report.ratios({}), {}, scale), notes=[], scale=scale)
+    assert full["scale"] == doc
+    assert [b["verdict"] for b in full["bar"]][7:] == ["not at full size", "not at full size"]
+
+
+def test_chart_with_the_scale_panels(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    med = report.medians(_rounds())
+    report.write_chart(tmp_path / "bench.png", med, {"meshns": {"client sidecar": 34.0}}, _scale())
+    assert (tmp_path / "bench.png").stat().st_size > 10_000
