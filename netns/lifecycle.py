@@ -27,8 +27,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import TYPE_CHECKING
 
-from meshns.compiler import identity_of
 from meshns.config import MeshConfig
 from meshns.errors import (
     ConflictError,
@@ -39,20 +39,25 @@ from meshns.errors import (
     SystemFailure,
     UserError,
 )
-from meshns.intercept.apply import apply_in_netns, read_installed_in_netns
 from meshns.intercept.plan import RulePlan, plan_rules
 from meshns.intercept.render import render_save
 from meshns.intercept.spec import InterceptSpec
-from meshns.mesh import Mesh
 from meshns.model import PodRecord, PodSpec, PodState
-from meshns.mtls.ca import CertAuthority
 from meshns.names import netns_name, validate_pod_name, veth_host_name
-from meshns.netns import apply, files, hostguard, ipam, procs, supervisor, validate
+from meshns.netns import files, hostguard, ipam, procs, supervisor, validate
 from meshns.netns.crashpoints import crash_point
 from meshns.netns.plan import ConfigurePod, CreateNetns, CreateVethPair, PodNetPlan, plan_pod_network, render_plan
 from meshns.netns.publish import publish
+from meshns.netns.statefile import read_state
 from meshns.ports import METRICS_PORT
 from meshns.statefs import state_writes
+
+if TYPE_CHECKING:
+    from meshns.mesh import Mesh
+
+# The kernel-facing executors (pyroute2: meshns.netns.apply; python-iptables:
+# meshns.intercept.apply), the CA (cryptography) and the compiler are imported inside the
+# functions that use them: status, list and explain import this module for its small helpers.
 
 ENDPOINT_REMOVAL_GRACE_S = 0.6
 
@@ -97,6 +102,8 @@ def dry_run(cfg: MeshConfig, pods: list[PodRecord], name: str, spec: PodSpec) ->
 
 
 def create(mesh: Mesh, name: str, spec: PodSpec, ready_timeout_s: float = 10.0) -> CreateResult:
+    from meshns.netns import apply
+
     validate_pod_name(name)
     rules = plan_rules(intercept_spec(spec))  # bad exclusions fail before anything is made
     _check_services(spec)
@@ -170,6 +177,9 @@ def _roll_back(mesh: Mesh, record: PodRecord, exc: BaseException) -> None:
 
 def _build(mesh: Mesh, record: PodRecord, net: PodNetPlan, rules: RulePlan,
            ready_timeout_s: float) -> dict[str, object]:
+    from meshns.intercept.apply import apply_in_netns, read_installed_in_netns
+    from meshns.netns import apply
+
     files.prepare_pod_dir(record.netns, mesh.cfg.state_dir)
     crash_point("create:pod-files-marked")
     _write_pod_config(mesh, record, ready_timeout_s)
@@ -194,6 +204,9 @@ def _build(mesh: Mesh, record: PodRecord, net: PodNetPlan, rules: RulePlan,
 
 
 def _write_pod_config(mesh: Mesh, record: PodRecord, ready_timeout_s: float) -> None:
+    from meshns.compiler import identity_of
+    from meshns.mtls.ca import CertAuthority
+
     pod_dir = mesh.cfg.pod_dir(record.name)
     with state_writes(mesh.cfg.state_dir, f"writing pods/{record.name}"):
         pod_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -243,14 +256,6 @@ def _start_supervisor(mesh: Mesh, record: PodRecord, wait_s: float) -> dict[str,
                                 f"(log: {pod_dir / 'pod.log'})")
         time.sleep(0.01)
     raise SystemFailure(f"pod {record.name}: not ready after {wait_s:.0f} s (log: {pod_dir / 'pod.log'})")
-
-
-def read_state(mesh: Mesh, pod: str) -> dict[str, object]:
-    try:
-        data = json.loads((mesh.cfg.pod_dir(pod) / "state.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _service_ports(spec: PodSpec) -> dict[str, tuple[tuple[int, int], ...]]:
@@ -312,6 +317,8 @@ def teardown(mesh: Mesh, record: PodRecord) -> bool:
     """Remove everything a pod has, in any state of completion. Idempotent. Returns whether
     other pods remain: their hosts files and snapshots then still name this pod, and the caller
     republishes (gc once for all the pods it removed)."""
+    from meshns.netns import apply
+
     stop_supervisors(mesh, record.name, record.spec.drain_timeout_s)
     crash_point("delete:supervisor-stopped")
     # Whatever still runs in the namespace (children the app forked, exec'd shells) goes too:
@@ -338,6 +345,8 @@ def teardown(mesh: Mesh, record: PodRecord) -> bool:
 
 
 def remove_bridge(mesh: Mesh) -> None:
+    from meshns.netns import apply
+
     hostguard.remove_guard(mesh.cfg.bridge)
     apply.delete_link(mesh.cfg.bridge)
 

@@ -19,13 +19,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from meshns.compiler import compile_services, pod_security, security_for, snapshot_for, stored_docs, workloads_of
-from meshns.mesh import Mesh
 from meshns.model import PodRecord, PodState, RemotePod, ServiceRecord
-from meshns.mtls.ca import CertAuthority
 from meshns.netns import files
 from meshns.statefs import state_writes
+
+if TYPE_CHECKING:
+    from meshns.mesh import Mesh
 
 SNAPSHOT_FILE = "snapshot.json"
 
@@ -58,6 +59,10 @@ def hosts_text(pods: list[PodRecord], services: list[ServiceRecord],
 
 def publish(mesh: Mesh) -> list[str]:
     """Rewrite every pod's hosts file and snapshot; returns compile warnings."""
+    # The compiler (YAML, the Istio parsers) and the CA (cryptography) are only needed here.
+    from meshns.compiler import compile_services, pod_security, security_for, snapshot_for, stored_docs, workloads_of
+    from meshns.mtls.ca import CertAuthority
+
     with mesh.locked():
         reg = mesh.registry
         generation = reg.generation()

@@ -33,17 +33,19 @@ import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meshns import prctl
 from meshns.errors import MeshnsError
-from meshns.mtls.identity import SpiffeId
-from meshns.mtls.keeper import IdentityKeeper
-from meshns.mtls.tls import WorkloadTls, encode_identity
 from meshns.netns import sandbox
 from meshns.netns.certinfo import write_cert_info
 from meshns.netns.child import enter_netns
 from meshns.netns.validate import validate
 from meshns.ports import PROXY_GID, PROXY_UID
+
+if TYPE_CHECKING:
+    from meshns.mtls.keeper import IdentityKeeper
+    from meshns.mtls.tls import WorkloadTls
 
 SUPERVISOR_MODULE = "meshns.netns.supervisor"
 BACKOFF_MIN_S = 0.1
@@ -116,6 +118,11 @@ class Supervisor:
         ident = self.plan.get("identity")
         self.keeper: IdentityKeeper | None = None
         if ident:
+            # The CA code (cryptography) loads only for pods with an identity, and only here:
+            # meshns create and status import this module for its constants.
+            from meshns.mtls.identity import SpiffeId
+            from meshns.mtls.keeper import IdentityKeeper
+
             ttl = ident.get("ttl_s")
             self.keeper = IdentityKeeper(Path(ident["ca_dir"]), SpiffeId.parse(ident["spiffe"]),
                                          None if ttl is None else float(ttl))
@@ -189,6 +196,8 @@ class Supervisor:
         self.identity_out = b""
 
     def _send_identity(self, w: WorkloadTls) -> None:
+        from meshns.mtls.tls import encode_identity
+
         self.identity_out += encode_identity(w)
         self._flush_identity()
         write_cert_info(self.pod_dir, w, self.keeper.generation if self.keeper else 0)
