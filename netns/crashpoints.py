@@ -32,9 +32,9 @@ CREATE_STEPS = (
     "create:netns-added",  # the network namespace
     "create:veth-added",  # veth pair, peer born inside the namespace as eth0, host end on the bridge
     "create:pod-addressed",  # eth0 address, MAC, default route, lo up, IPv6 off
+    "create:supervisor-started",  # supervisor launched, gated: sidecar process without config
     "create:rules-applied",  # interception rules in the pod (the init step), read back and checked
     "create:first-published",  # hosts entries and snapshots that include the new pod
-    "create:supervisor-started",  # supervisor process launched, not yet running
     "create:supervisor-running",  # sidecar up, validation probes passed, app started
     "create:app-serving",  # the app accepts on its service target ports
     "create:marked-ready",  # row state ready: the point of no return

@@ -8,8 +8,10 @@ create left behind, and every later step is undone by the same idempotent teardo
     3. mark the namespace as ours, write /etc/netns/<netns> and the pod's config files (before
        any kernel change: a full state directory fails here, with nothing to undo in the kernel)
     4. create namespace + veth, configure the pod side
-    5. the init step: apply the interception rules in the pod, read them back, compare to plan
-    6. publish hosts entries and snapshots, start the supervisor: sidecar, validation probes, app
+    5. start the supervisor, gated: it launches the sidecar process and issues the certificate
+       meanwhile, but the sidecar gets its config (and binds) only when the gate opens in 6
+    6. the init step: apply the interception rules in the pod, read them back, compare to plan;
+       publish hosts entries and snapshots; open the gate: sidecar, validation probes, app
     7. mark the row ready (the point of no return), publish the pod as a service endpoint
 
 Each step boundary has a crash point (netns/crashpoints.py, a test hook): the crash tests kill
@@ -193,14 +195,23 @@ def _build(mesh: Mesh, record: PodRecord, net: PodNetPlan, rules: RulePlan,
                 crash_point("create:veth-added")
             case ConfigurePod():
                 crash_point("create:pod-addressed")
-    apply_in_netns(record.netns, rules)
-    installed = read_installed_in_netns(record.netns)
-    if installed != render_save(rules):
-        raise SystemFailure("interception rules read back from the kernel differ from the plan")
-    crash_point("create:rules-applied")
-    publish(mesh)  # hosts entries and the first snapshot, before the sidecar starts
-    crash_point("create:first-published")
-    return _start_supervisor(mesh, record, ready_timeout_s + 5.0)
+    # The supervisor starts now, in parallel with the rest: it launches the sidecar process (in
+    # the namespace, which exists now) and issues the certificate, but the sidecar gets its
+    # config and binds only after the gate says "go", written below once the rules are checked.
+    proc, gate = _spawn_supervisor(mesh, record)
+    try:
+        crash_point("create:supervisor-started")
+        apply_in_netns(record.netns, rules)
+        installed = read_installed_in_netns(record.netns)
+        if installed != render_save(rules):
+            raise SystemFailure("interception rules read back from the kernel differ from the plan")
+        crash_point("create:rules-applied")
+        publish(mesh)  # hosts entries and the first snapshot, before the sidecar starts serving
+        crash_point("create:first-published")
+        _open_gate(gate)
+    finally:
+        os.close(gate)  # without "go" first, the supervisor sees EOF and gives up
+    return _wait_running(mesh, record, proc, ready_timeout_s + 5.0)
 
 
 def _write_pod_config(mesh: Mesh, record: PodRecord, ready_timeout_s: float) -> None:
@@ -233,15 +244,34 @@ def _write_json(path: os.PathLike[str], data: dict[str, object]) -> None:
     os.chmod(path, 0o644)
 
 
-def _start_supervisor(mesh: Mesh, record: PodRecord, wait_s: float) -> dict[str, object]:
+def _spawn_supervisor(mesh: Mesh, record: PodRecord) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the pod's supervisor, detached, holding back the sidecar until the gate opens;
+    returns the process and our end of the gate pipe."""
     pod_dir = mesh.cfg.pod_dir(record.name)
-    with state_writes(mesh.cfg.state_dir, f"opening pods/{record.name}/pod.log"), \
-            open(pod_dir / "pod.log", "ab") as log:
-        proc = subprocess.Popen(
-            supervisor.command(mesh.cfg.state_dir, record.name),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
-        )
-    crash_point("create:supervisor-started")
+    gate_r, gate_w = os.pipe()
+    try:
+        with state_writes(mesh.cfg.state_dir, f"opening pods/{record.name}/pod.log"), \
+                open(pod_dir / "pod.log", "ab") as log:
+            proc = subprocess.Popen(
+                supervisor.command(mesh.cfg.state_dir, record.name, gate_r),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
+                pass_fds=(gate_r,),
+            )
+    except BaseException:
+        os.close(gate_w)
+        raise
+    finally:
+        os.close(gate_r)
+    return proc, gate_w
+
+
+def _open_gate(gate: int) -> None:
+    with contextlib.suppress(BrokenPipeError):  # the supervisor is gone: _wait_running says how it ended
+        os.write(gate, supervisor.GATE_GO)
+
+
+def _wait_running(mesh: Mesh, record: PodRecord, proc: subprocess.Popen[bytes], wait_s: float) -> dict[str, object]:
+    pod_dir = mesh.cfg.pod_dir(record.name)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         state = read_state(mesh, record.name)

@@ -8,7 +8,12 @@ Theory of operation. ``meshns create`` installs the rules, then starts this proc
     starting -> validating -> running -> stopping -> stopped
          \\-----------\\-> failed (the app was never started)
 
-Fail closed: the rules are in place before the sidecar starts, and the app starts only after
+``create`` starts it before the rules, with a gate pipe (--gate-fd): the sidecar process is
+launched at once (its interpreter and imports overlap the rest of create) and the certificate
+issued, but the sidecar gets its config, and so binds its listeners, only after create wrote
+"go" (rules applied and read back); if create goes away instead, the supervisor gives up.
+
+Fail closed: the rules are in place before the sidecar serves, and the app starts only after
 both validation probes came back through the sidecar. If the sidecar dies later, the rules
 still redirect the app's traffic to the sidecar's (closed) ports, so connections are refused
 rather than sent around the mesh; the supervisor restarts the sidecar with a short backoff
@@ -26,6 +31,7 @@ import argparse
 import json
 import os
 import resource
+import select
 import signal
 import subprocess
 import sys
@@ -59,6 +65,9 @@ SIDECAR_EXIT_MARGIN_S = 2.0
 # How often the certificate is looked at (renewal is due at half its lifetime; root rotations
 # are noticed through the CA's generation).
 IDENTITY_CHECK_S = 0.25
+# What meshns create writes on the gate pipe (--gate-fd) once the pod's rules are applied and
+# checked: the supervisor starts early, but the sidecar gets its config (and binds) only then.
+GATE_GO = b"go"
 
 
 SIDECAR_NOFILE = 1 << 20
@@ -104,8 +113,10 @@ class State:
 
 
 class Supervisor:
-    def __init__(self, pod_dir: Path) -> None:
+    def __init__(self, pod_dir: Path, gate_fd: int | None = None) -> None:
         self.pod_dir = pod_dir
+        self.gate_fd = gate_fd
+        self.sidecar_config: dict[str, object] = {}
         self.plan = json.loads((pod_dir / "supervisor.json").read_text())
         self.netns: str = self.plan["netns"]
         self.state = State()
@@ -155,6 +166,12 @@ class Supervisor:
         prctl.no_new_privs()  # and no setuid binary or file capability can bring one back
 
     def start_sidecar(self) -> None:
+        self.spawn_sidecar()
+        self.configure_sidecar()
+
+    def spawn_sidecar(self) -> None:
+        """Start the sidecar process; it imports its code, then waits for its config on stdin
+        and binds nothing before it has it (configure_sidecar)."""
         # The proxy user need not reach the state directory: it gets its config on stdin and an
         # open descriptor of the pod directory, from which it reads snapshot.json (openat).
         config = json.loads((self.pod_dir / "sidecar.json").read_text())
@@ -177,15 +194,34 @@ class Supervisor:
         finally:
             for fd in fds:
                 os.close(fd)
-        if self.keeper is not None:
-            self._send_identity(self.keeper.current())
-        assert self.sidecar.stdin is not None
-        with self.sidecar.stdin:
-            self.sidecar.stdin.write(json.dumps(config).encode())
+        self.sidecar_config = config
         self.state.sidecar_pid = self.sidecar.pid
         self.state.sidecar_started_at = time.time()
         self.log(f"sidecar started pid={self.sidecar.pid}")
         self.save()
+
+    def configure_sidecar(self) -> None:
+        """Hand the sidecar its certificate and its config: from here on it binds and serves."""
+        assert self.sidecar is not None and self.sidecar.stdin is not None
+        if self.keeper is not None:
+            self._send_identity(self.keeper.current())
+        with self.sidecar.stdin:
+            self.sidecar.stdin.write(json.dumps(self.sidecar_config).encode())
+
+    def await_gate(self) -> bool:
+        """Wait until ``meshns create`` says the interception rules are in place (it writes
+        "go" on the gate pipe). False if it went away first (EOF: killed, or rolling back) or
+        this supervisor is being stopped."""
+        assert self.gate_fd is not None
+        try:
+            while not self.stopping:
+                ready, _, _ = select.select([self.gate_fd], [], [], 0.05)
+                if ready:
+                    return os.read(self.gate_fd, 16).startswith(GATE_GO)
+            return False
+        finally:
+            os.close(self.gate_fd)
+            self.gate_fd = None
 
     # -- identity ---------------------------------------------------------------------------
     def _set_identity_pipe(self, fd: int) -> None:
@@ -256,12 +292,19 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         self.save()
+        # The sidecar process starts first: its interpreter and imports take longer than anything
+        # below, and it binds nothing until configure_sidecar, which comes after the gate.
+        self.spawn_sidecar()
         if self.keeper is not None:
             try:
                 self.keeper.current()
             except (MeshnsError, OSError, ValueError) as exc:
                 return self.fail(f"cannot issue the workload certificate: {exc}")
-        self.start_sidecar()
+        if self.gate_fd is not None and not self.await_gate():
+            if self.stopping:
+                return self.shutdown()
+            return self.fail("meshns create went away before the interception rules were confirmed")
+        self.configure_sidecar()
         self.state.phase = "validating"
         self.save()
         try:
@@ -361,16 +404,19 @@ def _stop(proc: subprocess.Popen[bytes], grace_s: float, group: bool) -> None:
         proc.wait()
 
 
-def command(state_dir: Path, pod: str) -> list[str]:
-    return [sys.executable, "-m", SUPERVISOR_MODULE, "--state-dir", str(state_dir), "--pod", pod]
+def command(state_dir: Path, pod: str, gate_fd: int | None = None) -> list[str]:
+    gate = [] if gate_fd is None else ["--gate-fd", str(gate_fd)]
+    return [sys.executable, "-m", SUPERVISOR_MODULE, "--state-dir", str(state_dir), "--pod", pod, *gate]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=SUPERVISOR_MODULE)
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--pod", required=True)
+    parser.add_argument("--gate-fd", type=int, default=None,
+                        help="configure the sidecar only after reading 'go' here (meshns create)")
     args = parser.parse_args(argv)
-    return Supervisor(Path(args.state_dir) / "pods" / args.pod).run()
+    return Supervisor(Path(args.state_dir) / "pods" / args.pod, args.gate_fd).run()
 
 
 if __name__ == "__main__":
