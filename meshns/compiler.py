@@ -11,8 +11,6 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import yaml
-
 from meshns.istio.compile import compile_service
 from meshns.istio.parse import ConfigDoc, parse_values
 from meshns.istio.security_compile import compile_security
@@ -70,6 +68,8 @@ def _load(doc: str) -> object:
     try:
         return json.loads(doc)
     except ValueError:
+        import yaml  # noqa: PLC0415 - rare (documents are stored as JSON); every publish imports this module
+
         return yaml.safe_load(doc)
 
 

@@ -4,12 +4,13 @@ create, step by step (the registry row comes first, so gc can always find what a
 create left behind, and every later step is undone by the same idempotent teardown):
 
     1. reserve the row (state creating, owner = this pid) and an address   [registry txn]
-    2. make sure the bridge and the host forward guard exist, reserve the service VIPs [mesh lock]
-    3. mark the namespace as ours, write /etc/netns/<netns> and the pod's config files (before
+    2. mark the namespace as ours, write /etc/netns/<netns> and the pod's config files (before
        any kernel change: a full state directory fails here, with nothing to undo in the kernel)
-    4. create namespace + veth, configure the pod side
-    5. start the supervisor, gated: it launches the sidecar process and issues the certificate
-       meanwhile, but the sidecar gets its config (and binds) only when the gate opens in 6
+    3. start the supervisor, gated: it launches the sidecar process and issues the certificate
+       meanwhile (their start-up overlaps steps 4-6), but the sidecar gets its config (and
+       enters the namespace, and binds) only when the gate opens in 6
+    4. make sure the bridge and the host forward guard exist, reserve the service VIPs [mesh lock]
+    5. create namespace + veth, configure the pod side
     6. the init step: apply the interception rules in the pod, read them back, compare to plan;
        publish hosts entries and snapshots; open the gate: sidecar, validation probes, app
     7. mark the row ready (the point of no return), publish the pod as a service endpoint
@@ -49,7 +50,7 @@ from meshns.names import netns_name, validate_pod_name, veth_host_name
 from meshns.netns import files, hostguard, ipam, procs, supervisor, validate
 from meshns.netns.crashpoints import crash_point
 from meshns.netns.plan import ConfigurePod, CreateNetns, CreateVethPair, PodNetPlan, plan_pod_network, render_plan
-from meshns.netns.publish import publish
+from meshns.netns.publish import ca_trust_domain, publish
 from meshns.netns.statefile import read_state
 from meshns.ports import METRICS_PORT
 from meshns.statefs import state_writes
@@ -104,8 +105,6 @@ def dry_run(cfg: MeshConfig, pods: list[PodRecord], name: str, spec: PodSpec) ->
 
 
 def create(mesh: Mesh, name: str, spec: PodSpec, ready_timeout_s: float = 10.0) -> CreateResult:
-    from meshns.netns import apply
-
     validate_pod_name(name)
     rules = plan_rules(intercept_spec(spec))  # bad exclusions fail before anything is made
     _check_services(spec)
@@ -120,20 +119,36 @@ def create(mesh: Mesh, name: str, spec: PodSpec, ready_timeout_s: float = 10.0) 
     # From here on the row exists, so a teardown of another pod (which checks for rows under the
     # mesh lock) cannot remove the bridge under us, and any failure is undone by teardown.
     try:
-        with mesh.locked():
-            apply.ensure_bridge(mesh.cfg.bridge, ipam.gateway_interface(mesh.cfg.pod_cidr))
-            crash_point("create:bridge-ready")
-            hostguard.ensure_guard(mesh.cfg.bridge, mesh.cfg.cluster_cidr)
-            crash_point("create:guard-installed")
+        files.prepare_pod_dir(record.netns, mesh.cfg.state_dir)
+        crash_point("create:pod-files-marked")
+        _write_pod_config(mesh, record, ready_timeout_s)
+        crash_point("create:pod-config-written")
+        # The supervisor starts now, in parallel with the rest: it launches the sidecar process
+        # (interpreter and imports: the longest part of create) and issues the certificate, but
+        # the sidecar gets its config, enters the namespace and binds only after the gate says
+        # "go", which _build writes once the rules are applied and checked.
+        proc, gate = _spawn_supervisor(mesh, record)
+        try:
+            crash_point("create:supervisor-started")
+            from meshns.netns import apply
 
-            def vip(used: set[IPv4Address]) -> IPv4Address:
-                return ipam.allocate(mesh.cfg.service_cidr, used)
+            with mesh.locked():
+                apply.ensure_bridge(mesh.cfg.bridge, ipam.gateway_interface(mesh.cfg.pod_cidr))
+                crash_point("create:bridge-ready")
+                hostguard.ensure_guard(mesh.cfg.bridge, mesh.cfg.cluster_cidr)
+                crash_point("create:guard-installed")
 
-            for svc, ports in _service_ports(spec).items():
-                mesh.registry.ensure_service(svc, ports, vip)
-            crash_point("create:services-reserved")
-        net = plan_pod_network(mesh.cfg, name, record.ip, ns, veth)
-        state = _build(mesh, record, net, rules, ready_timeout_s)
+                def vip(used: set[IPv4Address]) -> IPv4Address:
+                    return ipam.allocate(mesh.cfg.service_cidr, used)
+
+                for svc, ports in _service_ports(spec).items():
+                    mesh.registry.ensure_service(svc, ports, vip)
+                crash_point("create:services-reserved")
+            net = plan_pod_network(mesh.cfg, name, record.ip, ns, veth)
+            _build(mesh, record, net, rules, gate)
+        finally:
+            os.close(gate)  # without "go" first, the supervisor sees EOF and gives up
+        state = _wait_running(mesh, record, proc, ready_timeout_s + 5.0)
         if spec.app:
             targets = tuple(sorted({d.target_port for d in spec.services}))
             validate.wait_app_serving(record.netns, record.ip, targets, ready_timeout_s)
@@ -177,15 +192,11 @@ def _roll_back(mesh: Mesh, record: PodRecord, exc: BaseException) -> None:
         raise SystemFailure(message) from exc
 
 
-def _build(mesh: Mesh, record: PodRecord, net: PodNetPlan, rules: RulePlan,
-           ready_timeout_s: float) -> dict[str, object]:
+def _build(mesh: Mesh, record: PodRecord, net: PodNetPlan, rules: RulePlan, gate: int) -> None:
+    """The pod's network and its rules, then "go" on the supervisor's gate."""
     from meshns.intercept.apply import apply_in_netns, read_installed_in_netns
     from meshns.netns import apply
 
-    files.prepare_pod_dir(record.netns, mesh.cfg.state_dir)
-    crash_point("create:pod-files-marked")
-    _write_pod_config(mesh, record, ready_timeout_s)
-    crash_point("create:pod-config-written")
     for step in net.steps:  # one at a time, for a crash point after each (the bridge was ensured before)
         apply.apply_plan(PodNetPlan(net.pod, (step,)))
         match step:
@@ -195,23 +206,14 @@ def _build(mesh: Mesh, record: PodRecord, net: PodNetPlan, rules: RulePlan,
                 crash_point("create:veth-added")
             case ConfigurePod():
                 crash_point("create:pod-addressed")
-    # The supervisor starts now, in parallel with the rest: it launches the sidecar process (in
-    # the namespace, which exists now) and issues the certificate, but the sidecar gets its
-    # config and binds only after the gate says "go", written below once the rules are checked.
-    proc, gate = _spawn_supervisor(mesh, record)
-    try:
-        crash_point("create:supervisor-started")
-        apply_in_netns(record.netns, rules)
-        installed = read_installed_in_netns(record.netns)
-        if installed != render_save(rules):
-            raise SystemFailure("interception rules read back from the kernel differ from the plan")
-        crash_point("create:rules-applied")
-        publish(mesh)  # hosts entries and the first snapshot, before the sidecar starts serving
-        crash_point("create:first-published")
-        _open_gate(gate)
-    finally:
-        os.close(gate)  # without "go" first, the supervisor sees EOF and gives up
-    return _wait_running(mesh, record, proc, ready_timeout_s + 5.0)
+    apply_in_netns(record.netns, rules)
+    installed = read_installed_in_netns(record.netns)
+    if installed != render_save(rules):
+        raise SystemFailure("interception rules read back from the kernel differ from the plan")
+    crash_point("create:rules-applied")
+    publish(mesh)  # hosts entries and the first snapshot, before the sidecar starts serving
+    crash_point("create:first-published")
+    _open_gate(gate)
 
 
 def _write_pod_config(mesh: Mesh, record: PodRecord, ready_timeout_s: float) -> None:
@@ -222,8 +224,11 @@ def _write_pod_config(mesh: Mesh, record: PodRecord, ready_timeout_s: float) -> 
     with state_writes(mesh.cfg.state_dir, f"writing pods/{record.name}"):
         pod_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         # The mesh CA is made on first use; the supervisor issues the pod's certificate from it.
-        authority = CertAuthority.ensure(mesh.cfg.ca_dir)
-        identity = {"ca_dir": str(mesh.cfg.ca_dir), "spiffe": identity_of(record, authority.trust_domain),
+        # Once it exists, its trust domain is all create needs (without the CA's code).
+        trust_domain = ca_trust_domain(mesh.cfg.ca_dir)
+        if trust_domain is None:
+            trust_domain = CertAuthority.ensure(mesh.cfg.ca_dir).trust_domain
+        identity = {"ca_dir": str(mesh.cfg.ca_dir), "spiffe": identity_of(record, trust_domain),
                     "ttl_s": record.spec.cert_ttl_s}
         _write_json(pod_dir / "sidecar.json", {"pod": record.name, "pod_ip": str(record.ip),
                                                "http_parser": record.spec.http_parser,

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import select
 import signal
 import subprocess
@@ -43,11 +42,9 @@ from typing import TYPE_CHECKING
 
 from meshns import prctl
 from meshns.errors import MeshnsError
-from meshns.netns import sandbox
+from meshns.netns import proxyuser, sandbox
 from meshns.netns.certinfo import write_cert_info
-from meshns.netns.child import enter_netns
 from meshns.netns.validate import validate
-from meshns.ports import PROXY_GID, PROXY_UID
 
 if TYPE_CHECKING:
     from meshns.mtls.keeper import IdentityKeeper
@@ -68,26 +65,6 @@ IDENTITY_CHECK_S = 0.25
 # What meshns create writes on the gate pipe (--gate-fd) once the pod's rules are applied and
 # checked: the supervisor starts early, but the sidecar gets its config (and binds) only then.
 GATE_GO = b"go"
-
-
-SIDECAR_NOFILE = 1 << 20
-
-
-def _nr_open() -> int:
-    try:
-        return int(Path("/proc/sys/fs/nr_open").read_text())
-    except (OSError, ValueError):
-        return 1 << 20
-
-
-def _raise_nofile(want: int) -> None:
-    """Soft and hard limit to ``want``; without CAP_SYS_RESOURCE (some containers) the hard limit
-    cannot grow, so the soft one goes up to it."""
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
-    except (ValueError, OSError):
-        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def sidecar_stop_s(drain_timeout_s: float) -> float:
@@ -154,24 +131,27 @@ class Supervisor:
 
     # -- children --------------------------------------------------------------------------
     def _sidecar_preexec(self) -> None:
-        enter_netns(self.netns)
-        # Two descriptors per proxied connection (more with pooled upstreams): the usual 1024
-        # would cap a sidecar at a few hundred connections. Only root may raise the hard limit,
-        # so it is done here, before the uid changes.
-        _raise_nofile(min(SIDECAR_NOFILE, _nr_open()))
-        sandbox.drop_bounding_caps(sandbox.last_cap())  # none can ever come back, even by exec
-        os.setgroups([])
-        os.setgid(PROXY_GID)
-        os.setuid(PROXY_UID)  # from root to 1337: every capability is gone from here on
-        prctl.no_new_privs()  # and no setuid binary or file capability can bring one back
+        proxyuser.become_proxy(self.netns)
+
+    @staticmethod
+    def _early_preexec() -> None:
+        # Started early (create): root in the host namespace until the sidecar gets its config
+        # and calls become_proxy itself. If this supervisor dies first, so does that process;
+        # the uid change in become_proxy clears this again (credential changes reset it).
+        prctl.parent_death_signal(signal.SIGKILL)
 
     def start_sidecar(self) -> None:
         self.spawn_sidecar()
         self.configure_sidecar()
 
-    def spawn_sidecar(self) -> None:
+    def spawn_sidecar(self, early: bool = False) -> None:
         """Start the sidecar process; it imports its code, then waits for its config on stdin
-        and binds nothing before it has it (configure_sidecar)."""
+        and binds nothing before it has it (configure_sidecar).
+
+        ``early``: for a pod being created, the namespace may not exist yet, so the process
+        starts as root in the host namespace and enters the namespace and becomes the proxy
+        user itself once its config arrives (dataplane/__main__.py, netns/proxyuser.py): its
+        interpreter start-up and imports overlap the rest of create."""
         # The proxy user need not reach the state directory: it gets its config on stdin and an
         # open descriptor of the pod directory, from which it reads snapshot.json (openat).
         config = json.loads((self.pod_dir / "sidecar.json").read_text())
@@ -185,11 +165,12 @@ class Supervisor:
             self._set_identity_pipe(write_end)
         try:
             config["snapshot_dir_fd"] = dir_fd
+            enter = ["--enter-netns", self.netns] if early else []
             self.sidecar = subprocess.Popen(
-                [sys.executable, "-m", "meshns.dataplane", "--config", "-"],
+                [sys.executable, "-m", "meshns.dataplane", "--config", "-", *enter],
                 stdin=subprocess.PIPE, pass_fds=tuple(fds), close_fds=True,
                 # This process has one thread, so preexec_fn is safe here.
-                preexec_fn=self._sidecar_preexec,  # noqa: PLW1509
+                preexec_fn=self._early_preexec if early else self._sidecar_preexec,  # noqa: PLW1509
             )
         finally:
             for fd in fds:
@@ -294,7 +275,7 @@ class Supervisor:
         self.save()
         # The sidecar process starts first: its interpreter and imports take longer than anything
         # below, and it binds nothing until configure_sidecar, which comes after the gate.
-        self.spawn_sidecar()
+        self.spawn_sidecar(early=self.gate_fd is not None)
         if self.keeper is not None:
             try:
                 self.keeper.current()
