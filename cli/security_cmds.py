@@ -12,7 +12,7 @@ import click
 from meshns.cli.output import emit, table
 from meshns.errors import NotFoundError, SystemFailure, UserError
 from meshns.istio.reader import parse_duration_s
-from meshns.model import PodSpec, PodState, account_of
+from meshns.model import PodSpec, PodState, account_of, identity_of
 from meshns.mtls.identity import DEFAULT_TRUST_DOMAIN, IdentityError, SpiffeId
 from meshns.netns.certinfo import read_cert_info
 
@@ -273,7 +273,6 @@ def register(cli: click.Group, mesh_of: Callable[[click.Context], Mesh], output:
     @click.pass_context
     def identity_list(ctx: click.Context, fmt: str) -> None:
         """Pods with their identities, and the revoked identities."""
-        from meshns.compiler import identity_of
         from meshns.mtls.ca import CertAuthority
 
         mesh = mesh_of(ctx)
@@ -288,7 +287,6 @@ def register(cli: click.Group, mesh_of: Callable[[click.Context], Mesh], output:
 
 
 def _resolve(mesh: Mesh, target: str) -> str:
-    from meshns.compiler import identity_of
     from meshns.mtls.ca import CertAuthority
 
     if target.startswith("spiffe://"):

@@ -18,6 +18,8 @@ def _become_proxy_after_config(argv: list[str]) -> list[str]:
         return argv
     at = argv.index("--enter-netns")
     netns, rest = argv[at + 1], argv[:at] + argv[at + 2:]
+    import uvloop  # noqa: F401, PLC0415 - main() imports it too: load it before the wait, not after
+
     config = sys.stdin.read()  # blocks until the supervisor hands it over (the gate)
     if not config:
         sys.exit(0)  # the supervisor gave up (create went away): nothing was started

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from meshns.istio.compile import compile_service
 from meshns.istio.parse import ConfigDoc, parse_values
 from meshns.istio.security_compile import compile_security
-from meshns.model import PodRecord, PodState, ServiceRecord, account_of
+from meshns.model import PodRecord, PodState, ServiceRecord, identity_of
 from meshns.registry import ConfigRow
 from meshns.snapshot import AuthzPolicy, Endpoint, PeerAuthn, Security, Service, ServicePort, Snapshot
 
@@ -24,12 +24,6 @@ class PodSecurity:
     identity: str  # "" while the mesh has no CA
     peer_authn: PeerAuthn
     policies: tuple[AuthzPolicy, ...]
-
-
-def identity_of(pod: PodRecord, trust_domain: str | None) -> str:
-    if trust_domain is None:
-        return ""
-    return f"spiffe://{trust_domain}/ns/{pod.spec.namespace}/sa/{account_of(pod.name, pod.spec)}"
 
 
 def pod_security(pods: Sequence[PodRecord], docs: Sequence[ConfigDoc],

@@ -45,7 +45,7 @@ from meshns.errors import (
 from meshns.intercept.plan import RulePlan, plan_rules
 from meshns.intercept.render import render_save
 from meshns.intercept.spec import InterceptSpec
-from meshns.model import PodRecord, PodSpec, PodState
+from meshns.model import PodRecord, PodSpec, PodState, identity_of
 from meshns.names import netns_name, validate_pod_name, veth_host_name
 from meshns.netns import files, hostguard, ipam, procs, supervisor, validate
 from meshns.netns.crashpoints import crash_point
@@ -217,9 +217,6 @@ def _build(mesh: Mesh, record: PodRecord, net: PodNetPlan, rules: RulePlan, gate
 
 
 def _write_pod_config(mesh: Mesh, record: PodRecord, ready_timeout_s: float) -> None:
-    from meshns.compiler import identity_of
-    from meshns.mtls.ca import CertAuthority
-
     pod_dir = mesh.cfg.pod_dir(record.name)
     with state_writes(mesh.cfg.state_dir, f"writing pods/{record.name}"):
         pod_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -227,6 +224,8 @@ def _write_pod_config(mesh: Mesh, record: PodRecord, ready_timeout_s: float) -> 
         # Once it exists, its trust domain is all create needs (without the CA's code).
         trust_domain = ca_trust_domain(mesh.cfg.ca_dir)
         if trust_domain is None:
+            from meshns.mtls.ca import CertAuthority
+
             trust_domain = CertAuthority.ensure(mesh.cfg.ca_dir).trust_domain
         identity = {"ca_dir": str(mesh.cfg.ca_dir), "spiffe": identity_of(record, trust_domain),
                     "ttl_s": record.spec.cert_ttl_s}
@@ -289,7 +288,7 @@ def _wait_running(mesh: Mesh, record: PodRecord, proc: subprocess.Popen[bytes], 
         if proc.poll() is not None:
             raise SystemFailure(f"pod {record.name}: supervisor exited with {proc.returncode} "
                                 f"(log: {pod_dir / 'pod.log'})")
-        time.sleep(0.01)
+        time.sleep(0.005)
     raise SystemFailure(f"pod {record.name}: not ready after {wait_s:.0f} s (log: {pod_dir / 'pod.log'})")
 
 
