@@ -5,21 +5,22 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import yaml
 
 from meshns.cli.output import emit, table
-from meshns.compiler import compile_services, stored_docs
 from meshns.errors import NotFoundError, RegistryError, UserError
-from meshns.istio.parse import ConfigDoc, parse_documents
-from meshns.istio.render import to_json, to_yaml
-from meshns.mesh import Mesh
 from meshns.model import PodState
 from meshns.netns.crashpoints import crash_point
-from meshns.netns.publish import publish
 from meshns.registry import ConfigKey, ConfigRow
+
+if TYPE_CHECKING:
+    from meshns.istio.parse import ConfigDoc
+    from meshns.mesh import Mesh
+
+# YAML, the Istio parser, the compiler and publish are imported inside the functions that use
+# them: every meshns invocation imports this module (tests/unit/test_cli_imports.py).
 
 KINDS = {
     "virtualservice": "VirtualService", "virtualservices": "VirtualService", "vs": "VirtualService",
@@ -42,6 +43,8 @@ def read_source(filename: str) -> str:
 
 def apply_file(mesh: Mesh, filename: str) -> tuple[list[ConfigDoc], list[str]]:
     """Parse everything first; store all documents in one transaction, or none."""
+    from meshns.istio.parse import parse_documents
+
     result = parse_documents(read_source(filename), source=filename)
     if not result.docs:
         raise UserError(f"{filename}: no documents")
@@ -60,6 +63,8 @@ def _publish_or_restore(mesh: Mesh, before: list[ConfigRow], keys: list[ConfigKe
     """Publish a config change; if the pods cannot be given it (a full state directory), put the
     documents back as they were so the command changed nothing. publish stages every snapshot
     before renaming any, so a failed one left every pod with what it had."""
+    from meshns.netns.publish import publish
+
     try:
         return publish(mesh)
     except RegistryError as exc:
@@ -96,6 +101,8 @@ def delete_file(mesh: Mesh, filename: str) -> list[tuple[str, str, bool]]:
 
 
 def document_keys(text: str, source: str) -> list[tuple[str, str, str]]:
+    import yaml
+
     try:
         raw_docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
@@ -110,6 +117,8 @@ def document_keys(text: str, source: str) -> list[tuple[str, str, str]]:
 
 
 def get_docs(mesh: Mesh, kind: str | None, name: str | None) -> list[ConfigDoc]:
+    from meshns.compiler import stored_docs
+
     want = None
     if kind is not None:
         want = KINDS.get(kind.lower())
@@ -124,6 +133,8 @@ def get_docs(mesh: Mesh, kind: str | None, name: str | None) -> list[ConfigDoc]:
 
 
 def render_docs(docs: list[ConfigDoc], fmt: str) -> str:
+    from meshns.istio.render import to_json, to_yaml
+
     return to_json(docs) if fmt == "json" else to_yaml(docs)
 
 
@@ -143,6 +154,8 @@ def service_rows(mesh: Mesh) -> list[dict[str, Any]]:
 
 
 def service_detail(mesh: Mesh, name: str) -> dict[str, Any]:
+    from meshns.compiler import compile_services, stored_docs
+
     services = [s for s in mesh.registry.list_services() if s.name == name]
     if not services:
         raise NotFoundError(f"service {name!r} does not exist")
@@ -206,6 +219,8 @@ def register(cli: click.Group, mesh_of: Callable[..., Mesh], output_opt: Decorat
     @click.pass_context
     def service_delete(ctx: click.Context, name: str) -> None:
         """Delete a service that no pod serves any more (its VIP is freed)."""
+        from meshns.netns.publish import publish
+
         mesh = mesh_of(ctx)
         rows = [r for r in service_rows(mesh) if r["name"] == name]
         if not rows:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,11 +15,16 @@ from meshns.cli.security_cmds import DURATION, validate_identity_parts
 from meshns.config import ConfigRequest
 from meshns.errors import MeshnsError, NotFoundError, UserError
 from meshns.intercept.spec import parse_cidr_list, parse_port_list
-from meshns.mesh import Mesh, require_root
 from meshns.model import PodSpec, PodState
 from meshns.names import parse_label, parse_service_decl
-from meshns.netns import gc as gc_mod
-from meshns.netns import lifecycle, sandbox, status
+
+if TYPE_CHECKING:
+    from meshns.mesh import Mesh
+
+# Every invocation imports this module and the command modules, so they import only what parsing
+# needs: each command imports its own machinery (the registry, pyroute2, python-iptables, the
+# CA...) when it runs. `meshns --help` and `list` stay fast, and `create` pays for what it uses
+# (tests/unit/test_cli_imports.py keeps it so).
 
 OUTPUT = click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table",
                       show_default=True, help="Output format.")
@@ -45,6 +51,8 @@ SIZE = Size()
 
 
 def _mesh(ctx: click.Context, *, record: bool = False) -> Mesh:
+    from meshns.mesh import Mesh
+
     req: ConfigRequest = ctx.obj
     return Mesh.open(req, record=record)
 
@@ -99,6 +107,9 @@ def create(ctx: click.Context, name: str, app: tuple[str, ...], exclude_outbound
            max_request_body: int, request_headers_timeout: float, namespace: str, service_account: str,
            cert_ttl: float | None, dry_run: bool) -> None:
     """Create pod NAME (optionally running APP inside it: create NAME -- CMD ARGS...)."""
+    from meshns.mesh import Mesh, require_root
+    from meshns.netns import lifecycle
+
     spec = PodSpec(
         app=tuple(app),
         services=tuple(parse_service_decl(s) for s in services),
@@ -134,6 +145,9 @@ def create(ctx: click.Context, name: str, app: tuple[str, ...], exclude_outbound
 def delete(ctx: click.Context, names: tuple[str, ...], filename: str | None) -> None:
     """Delete pods (app stopped, sidecar stopped, namespace, veth and rules removed), or with
     -f FILE the applied config documents it names."""
+    from meshns.mesh import require_root
+    from meshns.netns import lifecycle
+
     if filename is not None:
         if names:
             raise UserError("give pod names or -f FILE, not both")
@@ -156,6 +170,9 @@ def delete(ctx: click.Context, names: tuple[str, ...], filename: str | None) -> 
 @click.pass_context
 def exec_(ctx: click.Context, name: str, command: tuple[str, ...]) -> None:
     """Run COMMAND inside pod NAME, through its sidecar (exec NAME -- CMD ARGS...)."""
+    from meshns.mesh import require_root
+    from meshns.netns import sandbox
+
     require_root("meshns exec")
     mesh = _mesh(ctx)
     record = mesh.registry.get_pod(name)
@@ -185,6 +202,8 @@ def exec_(ctx: click.Context, name: str, command: tuple[str, ...]) -> None:
 @click.pass_context
 def list_(ctx: click.Context, fmt: str) -> None:
     """List pods."""
+    from meshns.netns import status
+
     mesh = _mesh(ctx)
     rows = [status.summary(mesh, r) for r in mesh.registry.list_pods()]
     emit(rows, fmt, table(["NAME", "IP", "STATE", "SIDECAR", "APP", "AGE"],
@@ -201,6 +220,9 @@ def _age(seconds: float) -> str:
 @click.pass_context
 def gc(ctx: click.Context) -> None:
     """Remove what a crashed or killed meshns left behind."""
+    from meshns.mesh import require_root
+    from meshns.netns import gc as gc_mod
+
     require_root("meshns gc")
     mesh = _mesh(ctx)
     done = gc_mod.gc(mesh)

@@ -15,7 +15,6 @@ from meshns.cli.output import emit
 from meshns.errors import NotFoundError, PermissionError_, SystemFailure, UserError
 from meshns.mesh import Mesh, require_root
 from meshns.model import PodRecord
-from meshns.netns import explain as explain_mod
 from meshns.netns import podlog, status
 from meshns.netns.child import run_in_netns
 
@@ -118,6 +117,8 @@ def register(cli: click.Group, mesh_of: Callable[..., Mesh], output_opt: Decorat
     def explain(ctx: click.Context, name: str, target: str, fmt: str) -> None:
         """What happens to a connection from pod NAME's app to DST:PORT (an IP or a pod or service
         name), from the live rules and the running sidecar's config."""
+        from meshns.netns import explain as explain_mod
+
         require_root("meshns explain")
         doc = explain_mod.explain(mesh_of(ctx), name, target)
         emit(doc, fmt, ops_render.explain_text(doc))

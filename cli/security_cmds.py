@@ -5,23 +5,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from cryptography import x509
 
 from meshns.cli.output import emit, table
-from meshns.compiler import identity_of
 from meshns.errors import NotFoundError, SystemFailure, UserError
 from meshns.istio.reader import parse_duration_s
-from meshns.mesh import Mesh, require_root
-from meshns.model import PodSpec, PodState, account_of
-from meshns.mtls.ca import CertAuthority, key_pem, new_key
-from meshns.mtls.handoff import Handoff, read_handoff, refuse_existing, write_handoff
+from meshns.model import PodSpec, PodState, account_of, identity_of
 from meshns.mtls.identity import DEFAULT_TRUST_DOMAIN, IdentityError, SpiffeId
-from meshns.mtls.intermediate import validate_host
 from meshns.netns.certinfo import read_cert_info
-from meshns.netns.publish import publish
+
+if TYPE_CHECKING:
+    from meshns.mesh import Mesh
+
+# The CA, the compiler and publish (cryptography, YAML) are imported inside the commands that
+# use them: every meshns invocation imports this module (tests/unit/test_cli_imports.py).
 
 # A new root must be trusted by every sidecar before anything is signed with it; each supervisor
 # reports the CA generation its sidecar was sent. This is how long `ca rotate` waits for that.
@@ -63,6 +62,8 @@ def _stamp(t: object) -> str:
 def _issuer(cert_pem: object) -> tuple[str, int]:
     """Who signed the leaf (a host's intermediate, or the root) and how many certificates the
     pod presents (2 with an intermediate)."""
+    from cryptography import x509
+
     if not isinstance(cert_pem, str) or "BEGIN CERTIFICATE" not in cert_pem:
         return "", 0
     certs = x509.load_pem_x509_certificates(cert_pem.encode())
@@ -81,6 +82,9 @@ def register(cli: click.Group, mesh_of: Callable[[click.Context], Mesh], output:
     @click.pass_context
     def ca_init(ctx: click.Context, trust_domain: str, workload_ttl: float) -> None:
         """Create the CA (otherwise made on first `create` with the defaults)."""
+        from meshns.mesh import require_root
+        from meshns.mtls.ca import CertAuthority
+
         require_root("meshns ca init")
         mesh = mesh_of(ctx)
         try:
@@ -97,6 +101,8 @@ def register(cli: click.Group, mesh_of: Callable[[click.Context], Mesh], output:
     @click.pass_context
     def ca_show(ctx: click.Context, fmt: str) -> None:
         """Trust domain, roots and their states."""
+        from meshns.mtls.ca import CertAuthority
+
         mesh = mesh_of(ctx)
         if not CertAuthority.exists(mesh.cfg.ca_dir):
             raise NotFoundError("no CA yet (it is created by `meshns ca init` or the first `meshns create`)")
@@ -126,6 +132,11 @@ def register(cli: click.Group, mesh_of: Callable[[click.Context], Mesh], output:
     def ca_intermediate(ctx: click.Context, host: str, out_dir: Path, ttl: float) -> None:
         """On the host holding the mesh root: issue an intermediate CA for HOST. Carry the directory
         to that host (it holds a private key) and run `meshns ca import-intermediate DIR` there."""
+        from meshns.mesh import require_root
+        from meshns.mtls.ca import CertAuthority, key_pem, new_key
+        from meshns.mtls.handoff import Handoff, refuse_existing, write_handoff
+        from meshns.mtls.intermediate import validate_host
+
         require_root("meshns ca intermediate")
         validate_host(host)
         refuse_existing(out_dir)
@@ -147,6 +158,10 @@ def register(cli: click.Group, mesh_of: Callable[[click.Context], Mesh], output:
     @click.pass_context
     def ca_import_intermediate(ctx: click.Context, src: Path, replace: bool) -> None:
         """Make this host's CA sign with the intermediate in DIR (from `meshns ca intermediate`)."""
+        from meshns.mesh import require_root
+        from meshns.mtls.ca import CertAuthority
+        from meshns.mtls.handoff import read_handoff
+
         require_root("meshns ca import-intermediate")
         handoff = read_handoff(src)
         mesh = mesh_of(ctx)
@@ -173,6 +188,9 @@ def register(cli: click.Group, mesh_of: Callable[[click.Context], Mesh], output:
     def ca_rotate(ctx: click.Context, wait_s: float) -> None:
         """Roll the root: the new root is trusted everywhere first, then signs; the old one stays
         trusted until every certificate it signed has expired."""
+        from meshns.mesh import require_root
+        from meshns.mtls.ca import CertAuthority
+
         require_root("meshns ca rotate")
         mesh = mesh_of(ctx)
         if not CertAuthority.exists(mesh.cfg.ca_dir):
@@ -224,6 +242,9 @@ def register(cli: click.Group, mesh_of: Callable[[click.Context], Mesh], output:
     def identity_revoke(ctx: click.Context, target: str) -> None:
         """Every sidecar refuses TARGET (a pod name or a spiffe:// ID) within about a second:
         new connections and new requests, whatever its certificate's expiry."""
+        from meshns.mesh import require_root
+        from meshns.netns.publish import publish
+
         require_root("meshns identity revoke")
         mesh = mesh_of(ctx)
         spiffe = _resolve(mesh, target)
@@ -236,6 +257,9 @@ def register(cli: click.Group, mesh_of: Callable[[click.Context], Mesh], output:
     @click.pass_context
     def identity_unrevoke(ctx: click.Context, target: str) -> None:
         """Take TARGET off the revocation list."""
+        from meshns.mesh import require_root
+        from meshns.netns.publish import publish
+
         require_root("meshns identity unrevoke")
         mesh = mesh_of(ctx)
         spiffe = _resolve(mesh, target)
@@ -249,6 +273,8 @@ def register(cli: click.Group, mesh_of: Callable[[click.Context], Mesh], output:
     @click.pass_context
     def identity_list(ctx: click.Context, fmt: str) -> None:
         """Pods with their identities, and the revoked identities."""
+        from meshns.mtls.ca import CertAuthority
+
         mesh = mesh_of(ctx)
         td = CertAuthority.load(mesh.cfg.ca_dir).trust_domain if CertAuthority.exists(mesh.cfg.ca_dir) else None
         revoked = set(mesh.registry.list_revoked())
@@ -261,6 +287,8 @@ def register(cli: click.Group, mesh_of: Callable[[click.Context], Mesh], output:
 
 
 def _resolve(mesh: Mesh, target: str) -> str:
+    from meshns.mtls.ca import CertAuthority
+
     if target.startswith("spiffe://"):
         try:
             return SpiffeId.parse(target).uri

@@ -25,9 +25,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import iptc
-from iptc.xtables import XTablesError
-
 from meshns.errors import MeshnsError, PermissionError_, SystemFailure
 from meshns.intercept.plan import (
     CHAIN_PREFIX,
@@ -43,7 +40,12 @@ from meshns.intercept.plan import (
     TcpDport,
 )
 from meshns.intercept.render import BUILTIN_CHAINS, render_save
+from meshns.intercept.xtlibs import quick_iptc_import
 from meshns.netns.child import run_in_netns
+
+with quick_iptc_import():  # tells python-iptables where its libraries are (intercept/xtlibs.py)
+    import iptc
+    from iptc.xtables import XTablesError
 
 # The lock iptables-legacy itself takes (iptables -w), so we never interleave a read-modify-commit
 # with an iptables binary. It is a host-wide file; holding it for one commit is cheap.

@@ -11,12 +11,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import yaml
-
 from meshns.istio.compile import compile_service
 from meshns.istio.parse import ConfigDoc, parse_values
 from meshns.istio.security_compile import compile_security
-from meshns.model import PodRecord, PodState, ServiceRecord, account_of
+from meshns.model import PodRecord, PodState, ServiceRecord, identity_of
 from meshns.registry import ConfigRow
 from meshns.snapshot import AuthzPolicy, Endpoint, PeerAuthn, Security, Service, ServicePort, Snapshot
 
@@ -26,12 +24,6 @@ class PodSecurity:
     identity: str  # "" while the mesh has no CA
     peer_authn: PeerAuthn
     policies: tuple[AuthzPolicy, ...]
-
-
-def identity_of(pod: PodRecord, trust_domain: str | None) -> str:
-    if trust_domain is None:
-        return ""
-    return f"spiffe://{trust_domain}/ns/{pod.spec.namespace}/sa/{account_of(pod.name, pod.spec)}"
 
 
 def pod_security(pods: Sequence[PodRecord], docs: Sequence[ConfigDoc],
@@ -70,6 +62,8 @@ def _load(doc: str) -> object:
     try:
         return json.loads(doc)
     except ValueError:
+        import yaml  # noqa: PLC0415 - rare (documents are stored as JSON); every publish imports this module
+
         return yaml.safe_load(doc)
 
 

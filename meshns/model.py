@@ -81,6 +81,13 @@ def account_of(name: str, spec: PodSpec) -> str:
     return spec.service_account or name
 
 
+def identity_of(pod: PodRecord, trust_domain: str | None) -> str:
+    """The pod's SPIFFE ID in the mesh's trust domain ("" without a CA)."""
+    if trust_domain is None:
+        return ""
+    return f"spiffe://{trust_domain}/ns/{pod.spec.namespace}/sa/{account_of(pod.name, pod.spec)}"
+
+
 @dataclass(frozen=True)
 class PodRecord:
     name: str

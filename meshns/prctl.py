@@ -4,6 +4,8 @@
   process cannot ptrace it; every sidecar runs as uid 1337, so without it one pod's sidecar could
   read another's key.
 - no_new_privs: no execve (setuid binary, file capability) can ever raise privileges again.
+- parent death signal: a sidecar started early (as root, before its pod is ready) dies with its
+  supervisor; the kernel clears the setting when the process changes its uid.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Final
 
 PR_SET_DUMPABLE: Final = 4
 PR_SET_NO_NEW_PRIVS: Final = 38
+PR_SET_PDEATHSIG: Final = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -28,3 +31,7 @@ def not_dumpable() -> None:
 
 def no_new_privs() -> None:
     _prctl(PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS, 1")
+
+
+def parent_death_signal(signum: int) -> None:
+    _prctl(PR_SET_PDEATHSIG, signum, f"PR_SET_PDEATHSIG, {signum}")

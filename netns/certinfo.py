@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from meshns.mtls.tls import WorkloadTls
+if TYPE_CHECKING:
+    from meshns.mtls.tls import WorkloadTls
 
 CERT_INFO = "cert.json"
 

@@ -24,17 +24,17 @@ ENV = "MESHNS_CRASH_AT"
 # is kept and gc only republishes; before it, gc removes everything the create made.
 CREATE_STEPS = (
     "create:row-reserved",  # registry row (state creating, owner pid) and address
+    "create:pod-files-marked",  # owner mark in <state>/netns, /etc/netns/<ns>/{hosts,resolv.conf}
+    "create:pod-config-written",  # <state>/pods/<pod>/{sidecar,supervisor}.json (and the mesh CA)
+    "create:supervisor-started",  # supervisor launched, gated: sidecar process without config
     "create:bridge-ready",  # the mesh's bridge exists, with the gateway address
     "create:guard-installed",  # host FORWARD guard rules for the bridge
     "create:services-reserved",  # service rows (VIPs) of the pod's --service declarations
-    "create:pod-files-marked",  # owner mark in <state>/netns, /etc/netns/<ns>/{hosts,resolv.conf}
-    "create:pod-config-written",  # <state>/pods/<pod>/{sidecar,supervisor}.json (and the mesh CA)
     "create:netns-added",  # the network namespace
     "create:veth-added",  # veth pair, peer born inside the namespace as eth0, host end on the bridge
     "create:pod-addressed",  # eth0 address, MAC, default route, lo up, IPv6 off
     "create:rules-applied",  # interception rules in the pod (the init step), read back and checked
     "create:first-published",  # hosts entries and snapshots that include the new pod
-    "create:supervisor-started",  # supervisor process launched, not yet running
     "create:supervisor-running",  # sidecar up, validation probes passed, app started
     "create:app-serving",  # the app accepts on its service target ports
     "create:marked-ready",  # row state ready: the point of no return

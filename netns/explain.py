@@ -28,8 +28,9 @@ from meshns.mesh import Mesh
 from meshns.model import PodRecord
 from meshns.netns import files
 from meshns.netns.child import run_in_netns
-from meshns.netns.lifecycle import intercept_spec, read_state
+from meshns.netns.lifecycle import intercept_spec
 from meshns.netns.plan import POD_IFNAME
+from meshns.netns.statefile import read_state
 from meshns.netns.status import admin_get
 from meshns.ports import INBOUND_PORT, OUTBOUND_PORT
 from meshns.snapshot import Service, Snapshot, snapshot_from_dict

@@ -4,12 +4,15 @@ create, step by step (the registry row comes first, so gc can always find what a
 create left behind, and every later step is undone by the same idempotent teardown):
 
     1. reserve the row (state creating, owner = this pid) and an address   [registry txn]
-    2. make sure the bridge and the host forward guard exist, reserve the service VIPs [mesh lock]
-    3. mark the namespace as ours, write /etc/netns/<netns> and the pod's config files (before
+    2. mark the namespace as ours, write /etc/netns/<netns> and the pod's config files (before
        any kernel change: a full state directory fails here, with nothing to undo in the kernel)
-    4. create namespace + veth, configure the pod side
-    5. the init step: apply the interception rules in the pod, read them back, compare to plan
-    6. publish hosts entries and snapshots, start the supervisor: sidecar, validation probes, app
+    3. start the supervisor, gated: it launches the sidecar process and issues the certificate
+       meanwhile (their start-up overlaps steps 4-6), but the sidecar gets its config (and
+       enters the namespace, and binds) only when the gate opens in 6
+    4. make sure the bridge and the host forward guard exist, reserve the service VIPs [mesh lock]
+    5. create namespace + veth, configure the pod side
+    6. the init step: apply the interception rules in the pod, read them back, compare to plan;
+       publish hosts entries and snapshots; open the gate: sidecar, validation probes, app
     7. mark the row ready (the point of no return), publish the pod as a service endpoint
 
 Each step boundary has a crash point (netns/crashpoints.py, a test hook): the crash tests kill
@@ -27,8 +30,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import TYPE_CHECKING
 
-from meshns.compiler import identity_of
 from meshns.config import MeshConfig
 from meshns.errors import (
     ConflictError,
@@ -39,20 +42,25 @@ from meshns.errors import (
     SystemFailure,
     UserError,
 )
-from meshns.intercept.apply import apply_in_netns, read_installed_in_netns
 from meshns.intercept.plan import RulePlan, plan_rules
 from meshns.intercept.render import render_save
 from meshns.intercept.spec import InterceptSpec
-from meshns.mesh import Mesh
-from meshns.model import PodRecord, PodSpec, PodState
-from meshns.mtls.ca import CertAuthority
+from meshns.model import PodRecord, PodSpec, PodState, identity_of
 from meshns.names import netns_name, validate_pod_name, veth_host_name
-from meshns.netns import apply, files, hostguard, ipam, procs, supervisor, validate
+from meshns.netns import files, hostguard, ipam, procs, supervisor, validate
 from meshns.netns.crashpoints import crash_point
 from meshns.netns.plan import ConfigurePod, CreateNetns, CreateVethPair, PodNetPlan, plan_pod_network, render_plan
-from meshns.netns.publish import publish
+from meshns.netns.publish import ca_trust_domain, publish
+from meshns.netns.statefile import read_state
 from meshns.ports import METRICS_PORT
 from meshns.statefs import state_writes
+
+if TYPE_CHECKING:
+    from meshns.mesh import Mesh
+
+# The kernel-facing executors (pyroute2: meshns.netns.apply; python-iptables:
+# meshns.intercept.apply), the CA (cryptography) and the compiler are imported inside the
+# functions that use them: status, list and explain import this module for its small helpers.
 
 ENDPOINT_REMOVAL_GRACE_S = 0.6
 
@@ -111,20 +119,36 @@ def create(mesh: Mesh, name: str, spec: PodSpec, ready_timeout_s: float = 10.0) 
     # From here on the row exists, so a teardown of another pod (which checks for rows under the
     # mesh lock) cannot remove the bridge under us, and any failure is undone by teardown.
     try:
-        with mesh.locked():
-            apply.ensure_bridge(mesh.cfg.bridge, ipam.gateway_interface(mesh.cfg.pod_cidr))
-            crash_point("create:bridge-ready")
-            hostguard.ensure_guard(mesh.cfg.bridge, mesh.cfg.cluster_cidr)
-            crash_point("create:guard-installed")
+        files.prepare_pod_dir(record.netns, mesh.cfg.state_dir)
+        crash_point("create:pod-files-marked")
+        _write_pod_config(mesh, record, ready_timeout_s)
+        crash_point("create:pod-config-written")
+        # The supervisor starts now, in parallel with the rest: it launches the sidecar process
+        # (interpreter and imports: the longest part of create) and issues the certificate, but
+        # the sidecar gets its config, enters the namespace and binds only after the gate says
+        # "go", which _build writes once the rules are applied and checked.
+        proc, gate = _spawn_supervisor(mesh, record)
+        try:
+            crash_point("create:supervisor-started")
+            from meshns.netns import apply
 
-            def vip(used: set[IPv4Address]) -> IPv4Address:
-                return ipam.allocate(mesh.cfg.service_cidr, used)
+            with mesh.locked():
+                apply.ensure_bridge(mesh.cfg.bridge, ipam.gateway_interface(mesh.cfg.pod_cidr))
+                crash_point("create:bridge-ready")
+                hostguard.ensure_guard(mesh.cfg.bridge, mesh.cfg.cluster_cidr)
+                crash_point("create:guard-installed")
 
-            for svc, ports in _service_ports(spec).items():
-                mesh.registry.ensure_service(svc, ports, vip)
-            crash_point("create:services-reserved")
-        net = plan_pod_network(mesh.cfg, name, record.ip, ns, veth)
-        state = _build(mesh, record, net, rules, ready_timeout_s)
+                def vip(used: set[IPv4Address]) -> IPv4Address:
+                    return ipam.allocate(mesh.cfg.service_cidr, used)
+
+                for svc, ports in _service_ports(spec).items():
+                    mesh.registry.ensure_service(svc, ports, vip)
+                crash_point("create:services-reserved")
+            net = plan_pod_network(mesh.cfg, name, record.ip, ns, veth)
+            _build(mesh, record, net, rules, gate)
+        finally:
+            os.close(gate)  # without "go" first, the supervisor sees EOF and gives up
+        state = _wait_running(mesh, record, proc, ready_timeout_s + 5.0)
         if spec.app:
             targets = tuple(sorted({d.target_port for d in spec.services}))
             validate.wait_app_serving(record.netns, record.ip, targets, ready_timeout_s)
@@ -168,12 +192,11 @@ def _roll_back(mesh: Mesh, record: PodRecord, exc: BaseException) -> None:
         raise SystemFailure(message) from exc
 
 
-def _build(mesh: Mesh, record: PodRecord, net: PodNetPlan, rules: RulePlan,
-           ready_timeout_s: float) -> dict[str, object]:
-    files.prepare_pod_dir(record.netns, mesh.cfg.state_dir)
-    crash_point("create:pod-files-marked")
-    _write_pod_config(mesh, record, ready_timeout_s)
-    crash_point("create:pod-config-written")
+def _build(mesh: Mesh, record: PodRecord, net: PodNetPlan, rules: RulePlan, gate: int) -> None:
+    """The pod's network and its rules, then "go" on the supervisor's gate."""
+    from meshns.intercept.apply import apply_in_netns, read_installed_in_netns
+    from meshns.netns import apply
+
     for step in net.steps:  # one at a time, for a crash point after each (the bridge was ensured before)
         apply.apply_plan(PodNetPlan(net.pod, (step,)))
         match step:
@@ -188,9 +211,9 @@ def _build(mesh: Mesh, record: PodRecord, net: PodNetPlan, rules: RulePlan,
     if installed != render_save(rules):
         raise SystemFailure("interception rules read back from the kernel differ from the plan")
     crash_point("create:rules-applied")
-    publish(mesh)  # hosts entries and the first snapshot, before the sidecar starts
+    publish(mesh)  # hosts entries and the first snapshot, before the sidecar starts serving
     crash_point("create:first-published")
-    return _start_supervisor(mesh, record, ready_timeout_s + 5.0)
+    _open_gate(gate)
 
 
 def _write_pod_config(mesh: Mesh, record: PodRecord, ready_timeout_s: float) -> None:
@@ -198,8 +221,13 @@ def _write_pod_config(mesh: Mesh, record: PodRecord, ready_timeout_s: float) -> 
     with state_writes(mesh.cfg.state_dir, f"writing pods/{record.name}"):
         pod_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         # The mesh CA is made on first use; the supervisor issues the pod's certificate from it.
-        authority = CertAuthority.ensure(mesh.cfg.ca_dir)
-        identity = {"ca_dir": str(mesh.cfg.ca_dir), "spiffe": identity_of(record, authority.trust_domain),
+        # Once it exists, its trust domain is all create needs (without the CA's code).
+        trust_domain = ca_trust_domain(mesh.cfg.ca_dir)
+        if trust_domain is None:
+            from meshns.mtls.ca import CertAuthority
+
+            trust_domain = CertAuthority.ensure(mesh.cfg.ca_dir).trust_domain
+        identity = {"ca_dir": str(mesh.cfg.ca_dir), "spiffe": identity_of(record, trust_domain),
                     "ttl_s": record.spec.cert_ttl_s}
         _write_json(pod_dir / "sidecar.json", {"pod": record.name, "pod_ip": str(record.ip),
                                                "http_parser": record.spec.http_parser,
@@ -220,15 +248,34 @@ def _write_json(path: os.PathLike[str], data: dict[str, object]) -> None:
     os.chmod(path, 0o644)
 
 
-def _start_supervisor(mesh: Mesh, record: PodRecord, wait_s: float) -> dict[str, object]:
+def _spawn_supervisor(mesh: Mesh, record: PodRecord) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the pod's supervisor, detached, holding back the sidecar until the gate opens;
+    returns the process and our end of the gate pipe."""
     pod_dir = mesh.cfg.pod_dir(record.name)
-    with state_writes(mesh.cfg.state_dir, f"opening pods/{record.name}/pod.log"), \
-            open(pod_dir / "pod.log", "ab") as log:
-        proc = subprocess.Popen(
-            supervisor.command(mesh.cfg.state_dir, record.name),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
-        )
-    crash_point("create:supervisor-started")
+    gate_r, gate_w = os.pipe()
+    try:
+        with state_writes(mesh.cfg.state_dir, f"opening pods/{record.name}/pod.log"), \
+                open(pod_dir / "pod.log", "ab") as log:
+            proc = subprocess.Popen(
+                supervisor.command(mesh.cfg.state_dir, record.name, gate_r),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
+                pass_fds=(gate_r,),
+            )
+    except BaseException:
+        os.close(gate_w)
+        raise
+    finally:
+        os.close(gate_r)
+    return proc, gate_w
+
+
+def _open_gate(gate: int) -> None:
+    with contextlib.suppress(BrokenPipeError):  # the supervisor is gone: _wait_running says how it ended
+        os.write(gate, supervisor.GATE_GO)
+
+
+def _wait_running(mesh: Mesh, record: PodRecord, proc: subprocess.Popen[bytes], wait_s: float) -> dict[str, object]:
+    pod_dir = mesh.cfg.pod_dir(record.name)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         state = read_state(mesh, record.name)
@@ -241,16 +288,8 @@ def _start_supervisor(mesh: Mesh, record: PodRecord, wait_s: float) -> dict[str,
         if proc.poll() is not None:
             raise SystemFailure(f"pod {record.name}: supervisor exited with {proc.returncode} "
                                 f"(log: {pod_dir / 'pod.log'})")
-        time.sleep(0.01)
+        time.sleep(0.005)
     raise SystemFailure(f"pod {record.name}: not ready after {wait_s:.0f} s (log: {pod_dir / 'pod.log'})")
-
-
-def read_state(mesh: Mesh, pod: str) -> dict[str, object]:
-    try:
-        data = json.loads((mesh.cfg.pod_dir(pod) / "state.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _service_ports(spec: PodSpec) -> dict[str, tuple[tuple[int, int], ...]]:
@@ -312,6 +351,8 @@ def teardown(mesh: Mesh, record: PodRecord) -> bool:
     """Remove everything a pod has, in any state of completion. Idempotent. Returns whether
     other pods remain: their hosts files and snapshots then still name this pod, and the caller
     republishes (gc once for all the pods it removed)."""
+    from meshns.netns import apply
+
     stop_supervisors(mesh, record.name, record.spec.drain_timeout_s)
     crash_point("delete:supervisor-stopped")
     # Whatever still runs in the namespace (children the app forked, exec'd shells) goes too:
@@ -338,6 +379,8 @@ def teardown(mesh: Mesh, record: PodRecord) -> bool:
 
 
 def remove_bridge(mesh: Mesh) -> None:
+    from meshns.netns import apply
+
     hostguard.remove_guard(mesh.cfg.bridge)
     apply.delete_link(mesh.cfg.bridge)
 

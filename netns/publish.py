@@ -19,13 +19,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from meshns.compiler import compile_services, pod_security, security_for, snapshot_for, stored_docs, workloads_of
-from meshns.mesh import Mesh
 from meshns.model import PodRecord, PodState, RemotePod, ServiceRecord
-from meshns.mtls.ca import CertAuthority
 from meshns.netns import files
 from meshns.statefs import state_writes
+
+if TYPE_CHECKING:
+    from meshns.mesh import Mesh
 
 SNAPSHOT_FILE = "snapshot.json"
 
@@ -56,8 +57,25 @@ def hosts_text(pods: list[PodRecord], services: list[ServiceRecord],
     return files.render_hosts(entries + [(s.name, s.vip) for s in services])
 
 
+def ca_trust_domain(ca_dir: Path) -> str | None:
+    """The mesh CA's trust domain, None if there is no CA yet. Read as CertAuthority.load reads it
+    (its state file, under the CA's shared lock), without loading the CA's code: create and
+    publish need only this, and cryptography is most of the CA's import time."""
+    from meshns.mtls.ca_store import STATE_FILE, fs_errors, locked, read_state
+
+    path = Path(ca_dir) / STATE_FILE
+    with fs_errors(path):  # EACCES (not root) is an error, not "no CA"
+        if not path.is_file():
+            return None
+    with locked(Path(ca_dir), exclusive=False):
+        return read_state(Path(ca_dir)).trust_domain
+
+
 def publish(mesh: Mesh) -> list[str]:
     """Rewrite every pod's hosts file and snapshot; returns compile warnings."""
+    # The compiler (the Istio parsers, the snapshot model) is only needed here.
+    from meshns.compiler import compile_services, pod_security, security_for, snapshot_for, stored_docs, workloads_of
+
     with mesh.locked():
         reg = mesh.registry
         generation = reg.generation()
@@ -67,7 +85,7 @@ def publish(mesh: Mesh) -> list[str]:
         services = reg.list_services()
         docs = stored_docs(reg.list_configs())
         ca_dir = mesh.cfg.ca_dir
-        trust_domain = CertAuthority.load(ca_dir).trust_domain if CertAuthority.exists(ca_dir) else None
+        trust_domain = ca_trust_domain(ca_dir)
         sec = pod_security(everyone, docs, trust_domain)
         revoked = reg.list_revoked()
         compiled, warnings = compile_services(services, everyone, docs, sec)

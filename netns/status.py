@@ -6,19 +6,21 @@ from __future__ import annotations
 import json
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshns.errors import MeshnsError
-from meshns.intercept.apply import read_installed, rule_counters
-from meshns.intercept.plan import plan_rules
-from meshns.intercept.render import render_save
-from meshns.mesh import Mesh
 from meshns.model import PodRecord
-from meshns.netns import apply, procs
+from meshns.netns import procs
 from meshns.netns.child import run_in_netns
-from meshns.netns.lifecycle import intercept_spec, read_state
+from meshns.netns.statefile import read_state
 from meshns.netns.traffic import Scrape, parse_prometheus, pod_traffic, top_pairs
 from meshns.ports import ADMIN_PORT
+
+if TYPE_CHECKING:
+    from meshns.mesh import Mesh
+
+# list uses summary() only; the kernel readers (python-iptables, pyroute2) and the rule plan are
+# imported by the functions that need them.
 
 PROMETHEUS_PATH = "/stats/prometheus"
 
@@ -71,6 +73,8 @@ def _proc_state(pid: object) -> str:
 
 def _rules_and_admin() -> dict[str, Any]:
     """Everything status wants from inside the pod, in one child (one fork per pod, not four)."""
+    from meshns.intercept.apply import read_installed, rule_counters
+
     out: dict[str, Any] = {}
     try:
         out["installed"] = read_installed()
@@ -117,6 +121,11 @@ def _identity(certs: Any) -> tuple[str | None, str | None]:
 
 
 def detail(mesh: Mesh, record: PodRecord, probe: dict[str, Any] | None = None) -> dict[str, Any]:
+    from meshns.intercept.plan import plan_rules
+    from meshns.intercept.render import render_save
+    from meshns.netns import apply
+    from meshns.netns.lifecycle import intercept_spec
+
     if probe is None:
         try:
             probe = run_in_netns(record.netns, _rules_and_admin)

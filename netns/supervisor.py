@@ -8,7 +8,12 @@ Theory of operation. ``meshns create`` installs the rules, then starts this proc
     starting -> validating -> running -> stopping -> stopped
          \\-----------\\-> failed (the app was never started)
 
-Fail closed: the rules are in place before the sidecar starts, and the app starts only after
+``create`` starts it before the rules, with a gate pipe (--gate-fd): the sidecar process is
+launched at once (its interpreter and imports overlap the rest of create) and the certificate
+issued, but the sidecar gets its config, and so binds its listeners, only after create wrote
+"go" (rules applied and read back); if create goes away instead, the supervisor gives up.
+
+Fail closed: the rules are in place before the sidecar serves, and the app starts only after
 both validation probes came back through the sidecar. If the sidecar dies later, the rules
 still redirect the app's traffic to the sidecar's (closed) ports, so connections are refused
 rather than sent around the mesh; the supervisor restarts the sidecar with a short backoff
@@ -25,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import select
 import signal
 import subprocess
 import sys
@@ -33,17 +38,17 @@ import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meshns import prctl
 from meshns.errors import MeshnsError
-from meshns.mtls.identity import SpiffeId
-from meshns.mtls.keeper import IdentityKeeper
-from meshns.mtls.tls import WorkloadTls, encode_identity
-from meshns.netns import sandbox
+from meshns.netns import proxyuser, sandbox
 from meshns.netns.certinfo import write_cert_info
-from meshns.netns.child import enter_netns
 from meshns.netns.validate import validate
-from meshns.ports import PROXY_GID, PROXY_UID
+
+if TYPE_CHECKING:
+    from meshns.mtls.keeper import IdentityKeeper
+    from meshns.mtls.tls import WorkloadTls
 
 SUPERVISOR_MODULE = "meshns.netns.supervisor"
 BACKOFF_MIN_S = 0.1
@@ -57,26 +62,9 @@ SIDECAR_EXIT_MARGIN_S = 2.0
 # How often the certificate is looked at (renewal is due at half its lifetime; root rotations
 # are noticed through the CA's generation).
 IDENTITY_CHECK_S = 0.25
-
-
-SIDECAR_NOFILE = 1 << 20
-
-
-def _nr_open() -> int:
-    try:
-        return int(Path("/proc/sys/fs/nr_open").read_text())
-    except (OSError, ValueError):
-        return 1 << 20
-
-
-def _raise_nofile(want: int) -> None:
-    """Soft and hard limit to ``want``; without CAP_SYS_RESOURCE (some containers) the hard limit
-    cannot grow, so the soft one goes up to it."""
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
-    except (ValueError, OSError):
-        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+# What meshns create writes on the gate pipe (--gate-fd) once the pod's rules are applied and
+# checked: the supervisor starts early, but the sidecar gets its config (and binds) only then.
+GATE_GO = b"go"
 
 
 def sidecar_stop_s(drain_timeout_s: float) -> float:
@@ -102,8 +90,10 @@ class State:
 
 
 class Supervisor:
-    def __init__(self, pod_dir: Path) -> None:
+    def __init__(self, pod_dir: Path, gate_fd: int | None = None) -> None:
         self.pod_dir = pod_dir
+        self.gate_fd = gate_fd
+        self.sidecar_config: dict[str, object] = {}
         self.plan = json.loads((pod_dir / "supervisor.json").read_text())
         self.netns: str = self.plan["netns"]
         self.state = State()
@@ -116,6 +106,11 @@ class Supervisor:
         ident = self.plan.get("identity")
         self.keeper: IdentityKeeper | None = None
         if ident:
+            # The CA code (cryptography) loads only for pods with an identity, and only here:
+            # meshns create and status import this module for its constants.
+            from meshns.mtls.identity import SpiffeId
+            from meshns.mtls.keeper import IdentityKeeper
+
             ttl = ident.get("ttl_s")
             self.keeper = IdentityKeeper(Path(ident["ca_dir"]), SpiffeId.parse(ident["spiffe"]),
                                          None if ttl is None else float(ttl))
@@ -136,18 +131,27 @@ class Supervisor:
 
     # -- children --------------------------------------------------------------------------
     def _sidecar_preexec(self) -> None:
-        enter_netns(self.netns)
-        # Two descriptors per proxied connection (more with pooled upstreams): the usual 1024
-        # would cap a sidecar at a few hundred connections. Only root may raise the hard limit,
-        # so it is done here, before the uid changes.
-        _raise_nofile(min(SIDECAR_NOFILE, _nr_open()))
-        sandbox.drop_bounding_caps(sandbox.last_cap())  # none can ever come back, even by exec
-        os.setgroups([])
-        os.setgid(PROXY_GID)
-        os.setuid(PROXY_UID)  # from root to 1337: every capability is gone from here on
-        prctl.no_new_privs()  # and no setuid binary or file capability can bring one back
+        proxyuser.become_proxy(self.netns)
+
+    @staticmethod
+    def _early_preexec() -> None:
+        # Started early (create): root in the host namespace until the sidecar gets its config
+        # and calls become_proxy itself. If this supervisor dies first, so does that process;
+        # the uid change in become_proxy clears this again (credential changes reset it).
+        prctl.parent_death_signal(signal.SIGKILL)
 
     def start_sidecar(self) -> None:
+        self.spawn_sidecar()
+        self.configure_sidecar()
+
+    def spawn_sidecar(self, early: bool = False) -> None:
+        """Start the sidecar process; it imports its code, then waits for its config on stdin
+        and binds nothing before it has it (configure_sidecar).
+
+        ``early``: for a pod being created, the namespace may not exist yet, so the process
+        starts as root in the host namespace and enters the namespace and becomes the proxy
+        user itself once its config arrives (dataplane/__main__.py, netns/proxyuser.py): its
+        interpreter start-up and imports overlap the rest of create."""
         # The proxy user need not reach the state directory: it gets its config on stdin and an
         # open descriptor of the pod directory, from which it reads snapshot.json (openat).
         config = json.loads((self.pod_dir / "sidecar.json").read_text())
@@ -161,24 +165,44 @@ class Supervisor:
             self._set_identity_pipe(write_end)
         try:
             config["snapshot_dir_fd"] = dir_fd
+            enter = ["--enter-netns", self.netns] if early else []
             self.sidecar = subprocess.Popen(
-                [sys.executable, "-m", "meshns.dataplane", "--config", "-"],
+                [sys.executable, "-m", "meshns.dataplane", "--config", "-", *enter],
                 stdin=subprocess.PIPE, pass_fds=tuple(fds), close_fds=True,
                 # This process has one thread, so preexec_fn is safe here.
-                preexec_fn=self._sidecar_preexec,  # noqa: PLW1509
+                preexec_fn=self._early_preexec if early else self._sidecar_preexec,  # noqa: PLW1509
             )
         finally:
             for fd in fds:
                 os.close(fd)
-        if self.keeper is not None:
-            self._send_identity(self.keeper.current())
-        assert self.sidecar.stdin is not None
-        with self.sidecar.stdin:
-            self.sidecar.stdin.write(json.dumps(config).encode())
+        self.sidecar_config = config
         self.state.sidecar_pid = self.sidecar.pid
         self.state.sidecar_started_at = time.time()
         self.log(f"sidecar started pid={self.sidecar.pid}")
         self.save()
+
+    def configure_sidecar(self) -> None:
+        """Hand the sidecar its certificate and its config: from here on it binds and serves."""
+        assert self.sidecar is not None and self.sidecar.stdin is not None
+        if self.keeper is not None:
+            self._send_identity(self.keeper.current())
+        with self.sidecar.stdin:
+            self.sidecar.stdin.write(json.dumps(self.sidecar_config).encode())
+
+    def await_gate(self) -> bool:
+        """Wait until ``meshns create`` says the interception rules are in place (it writes
+        "go" on the gate pipe). False if it went away first (EOF: killed, or rolling back) or
+        this supervisor is being stopped."""
+        assert self.gate_fd is not None
+        try:
+            while not self.stopping:
+                ready, _, _ = select.select([self.gate_fd], [], [], 0.05)
+                if ready:
+                    return os.read(self.gate_fd, 16).startswith(GATE_GO)
+            return False
+        finally:
+            os.close(self.gate_fd)
+            self.gate_fd = None
 
     # -- identity ---------------------------------------------------------------------------
     def _set_identity_pipe(self, fd: int) -> None:
@@ -189,6 +213,8 @@ class Supervisor:
         self.identity_out = b""
 
     def _send_identity(self, w: WorkloadTls) -> None:
+        from meshns.mtls.tls import encode_identity
+
         self.identity_out += encode_identity(w)
         self._flush_identity()
         write_cert_info(self.pod_dir, w, self.keeper.generation if self.keeper else 0)
@@ -247,12 +273,19 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         self.save()
+        # The sidecar process starts first: its interpreter and imports take longer than anything
+        # below, and it binds nothing until configure_sidecar, which comes after the gate.
+        self.spawn_sidecar(early=self.gate_fd is not None)
         if self.keeper is not None:
             try:
                 self.keeper.current()
             except (MeshnsError, OSError, ValueError) as exc:
                 return self.fail(f"cannot issue the workload certificate: {exc}")
-        self.start_sidecar()
+        if self.gate_fd is not None and not self.await_gate():
+            if self.stopping:
+                return self.shutdown()
+            return self.fail("meshns create went away before the interception rules were confirmed")
+        self.configure_sidecar()
         self.state.phase = "validating"
         self.save()
         try:
@@ -352,16 +385,19 @@ def _stop(proc: subprocess.Popen[bytes], grace_s: float, group: bool) -> None:
         proc.wait()
 
 
-def command(state_dir: Path, pod: str) -> list[str]:
-    return [sys.executable, "-m", SUPERVISOR_MODULE, "--state-dir", str(state_dir), "--pod", pod]
+def command(state_dir: Path, pod: str, gate_fd: int | None = None) -> list[str]:
+    gate = [] if gate_fd is None else ["--gate-fd", str(gate_fd)]
+    return [sys.executable, "-m", SUPERVISOR_MODULE, "--state-dir", str(state_dir), "--pod", pod, *gate]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=SUPERVISOR_MODULE)
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--pod", required=True)
+    parser.add_argument("--gate-fd", type=int, default=None,
+                        help="configure the sidecar only after reading 'go' here (meshns create)")
     args = parser.parse_args(argv)
-    return Supervisor(Path(args.state_dir) / "pods" / args.pod).run()
+    return Supervisor(Path(args.state_dir) / "pods" / args.pod, args.gate_fd).run()
 
 
 if __name__ == "__main__":

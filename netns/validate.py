@@ -61,7 +61,9 @@ def validate(netns: str, pod_ip: IPv4Address, gateway: IPv4Address, timeout_s: f
             return
         if time.monotonic() >= deadline:
             raise ValidationFailed(f"interception validation failed: {last}")
-        time.sleep(0.02)
+        # The sidecar was just configured and binds within tens of milliseconds: retry often (a
+        # refused probe costs one fork), since create waits for exactly this.
+        time.sleep(0.005)
 
 
 def _app_listening(pod_ip: str, ports: tuple[int, ...], source: str, timeout_s: float) -> tuple[int, ...]:

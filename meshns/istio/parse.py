@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from meshns.errors import UserError
 from meshns.istio import schema as S
 from meshns.istio.destinationrule import DestinationRuleSpec, parse_destination_rule
@@ -87,6 +85,8 @@ def parse_values(values: Iterable[tuple[str, object]]) -> ParseResult:
 
 def _documents(text: str, source: str) -> Iterator[tuple[str, object]]:
     """(label, value) per non-empty document; the label counts from 1 in the file, empties included."""
+    import yaml  # noqa: PLC0415 - only apply -f parses YAML; publish (every create) imports this module
+
     try:
         values = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:

@@ -1,0 +1,70 @@
+"""The pieces of create's gated start-up that need no root: the supervisor's gate, its command
+line, the sidecar's entry-point argument handling, and the CA trust domain read without the CA's
+code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from meshns.mtls.ca import CertAuthority
+from meshns.netns import supervisor
+from meshns.netns.publish import ca_trust_domain
+
+
+def _gated(tmp_path: Path) -> tuple[supervisor.Supervisor, int]:
+    (tmp_path / "supervisor.json").write_text('{"netns": "x", "pod": "p"}')
+    r, w = os.pipe()
+    return supervisor.Supervisor(tmp_path, r), w
+
+
+def test_gate_opens_on_go(tmp_path: Path) -> None:
+    sup, w = _gated(tmp_path)
+    os.write(w, supervisor.GATE_GO)
+    assert sup.await_gate() is True
+    assert sup.gate_fd is None
+    os.close(w)
+
+
+def test_gate_closed_without_go_means_give_up(tmp_path: Path) -> None:
+    sup, w = _gated(tmp_path)
+    os.close(w)  # create died or rolled back
+    assert sup.await_gate() is False
+
+
+def test_gate_wait_ends_when_stopped(tmp_path: Path) -> None:
+    sup, w = _gated(tmp_path)
+    sup.stopping = True
+    assert sup.await_gate() is False
+    os.close(w)
+
+
+def test_command_passes_the_gate_only_when_given() -> None:
+    plain = supervisor.command(Path("/s"), "p")
+    assert "--gate-fd" not in plain
+    assert supervisor.command(Path("/s"), "p", 7)[-2:] == ["--gate-fd", "7"]
+
+
+def test_sidecar_entry_without_enter_keeps_its_arguments() -> None:
+    code = ("import sys; sys.argv = ['x']\n"
+            "import runpy; m = runpy.run_module('meshns.dataplane.__main__', run_name='not_main')\n"
+            "print(m['_become_proxy_after_config'](['--config', '-']))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['--config', '-']"
+
+
+def test_sidecar_entry_with_enter_exits_quietly_without_config() -> None:
+    """An early sidecar whose supervisor gave up (stdin closed, no config) starts nothing."""
+    out = subprocess.run([sys.executable, "-m", "meshns.dataplane", "--config", "-", "--enter-netns", "nope"],
+                         input="", capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert out.stderr == ""
+
+
+def test_trust_domain_read_matches_the_ca(tmp_path: Path) -> None:
+    ca_dir = tmp_path / "ca"
+    assert ca_trust_domain(ca_dir) is None
+    CertAuthority.ensure(ca_dir, "example.org")
+    assert ca_trust_domain(ca_dir) == CertAuthority.load(ca_dir).trust_domain == "example.org"
