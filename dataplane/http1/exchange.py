@@ -142,6 +142,7 @@ class Exchange:
         self.got_bytes = False
         self.up_reused = up.requests > 0
         up.requests += 1
+        up.head_next = True  # its first read is short: a long body stays for splice (upstream.HEAD_READ)
         head_request = self.head.method == b"HEAD"
         parser = up.parser
         if parser is None or not parser.rearm(self, head_request, self.head.upgrade):

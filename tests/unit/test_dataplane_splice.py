@@ -12,6 +12,7 @@ import ssl
 import pytest
 import uvloop
 
+from meshns.dataplane.http1.upstream import HEAD_READ, READ_BYTES, UpstreamConn
 from meshns.dataplane.splice import SPLICE_MIN_BYTES, PipePool, can_splice, plain_tcp
 from meshns.dataplane.tls_transport import TlsStream
 
@@ -86,3 +87,32 @@ def test_pipe_pool_reuses_and_bounds() -> None:
     assert pool.free == []
     with pytest.raises(OSError):
         os.fstat(again[0])
+
+
+def test_upstream_reads_a_response_head_short_then_whole_buffers() -> None:
+    """The first read of a response takes at most HEAD_READ bytes, so a long body stays in the
+    socket for the splice; later reads (and a TLS stream's plaintext) are handed on whole."""
+    got: list[bytes] = []
+
+    class User:
+        def up_data(self, conn: UpstreamConn, data: bytes) -> None:
+            got.append(data)
+
+    class Pool:
+        def drop(self, conn: UpstreamConn) -> None:
+            pass
+
+    conn = UpstreamConn(Pool(), ("127.0.0.1", 1))
+    conn.user = User()  # type: ignore[assignment]
+    conn.head_next = True  # as Exchange.attach sets it
+    buf = conn.get_buffer(-1)
+    assert len(buf) == HEAD_READ
+    buf[:5] = b"HTTP/"
+    conn.buffer_updated(5)
+    assert got == [b"HTTP/"] and not conn.head_next
+    buf = conn.get_buffer(-1)
+    assert len(buf) == READ_BYTES
+    buf[:3] = b"abc"
+    conn.buffer_updated(3)
+    conn.data_received(b"tls plaintext")
+    assert got == [b"HTTP/", b"abc", b"tls plaintext"]
