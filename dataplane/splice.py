@@ -37,10 +37,13 @@ from uvloop.loop import TCPTransport  # type: ignore[attr-defined]  # (not in uv
 
 # Below this the ordinary path (one or two reads) costs less than setting a pump up.
 SPLICE_MIN_BYTES: Final = 64 * 1024
-# The pipe's capacity: what one splice() may move. 1 MiB is /proc/sys/fs/pipe-max-size's default;
-# an unprivileged process over fs/pipe-user-pages-soft gets less (the kernel's answer is used).
-PIPE_BYTES: Final = 1 << 20
-FREE_PIPES_MAX: Final = 8
+# The pipe's capacity: what one splice() may move. A pipe's pages count against its user's budget
+# (fs/pipe-user-pages-soft, 64 MiB by default), and every sidecar of a host runs as the same user:
+# 256 KiB pipes, two kept per sidecar, leave room for many. Measured on loopback, 64 KiB to 1 MiB
+# made no difference (a callback moves what the socket holds in a few rounds anyway). Over the
+# budget the kernel refuses to grow a pipe; the pump then works with the size it got.
+PIPE_BYTES: Final = 256 * 1024
+FREE_PIPES_MAX: Final = 2
 # Syscall rounds per readiness callback: a fast pair of sockets must not hold the loop.
 ROUNDS: Final = 8
 _FLAGS: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK

@@ -304,8 +304,8 @@ class Exchange:
         remaining = length - self.resp_body_bytes
         down = self.down.transport
         if self.resp_complete or not can_splice(
-                src_plain=plain_tcp(conn.transport), dst_plain=plain_tcp(down), length_framed=True,
-                reframed=self.chunked_out, remaining=remaining):
+                src_plain=plain_tcp(conn.transport), dst_plain=plain_tcp(down) and not down.is_closing(),
+                length_framed=True, reframed=self.chunked_out, remaining=remaining):
             return
         conn.transport.pause_reading()
         conn.parser = None
