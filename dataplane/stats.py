@@ -52,6 +52,9 @@ class Stats:
     http_414: int = 0
     http_431: int = 0
     http_501: int = 0
+    # HTTP/1 response bodies (their part after the first read) moved by splice(2) between two
+    # plain TCP sockets (dataplane.splice); their bytes are counted as any others.
+    http_spliced: int = 0
     # mTLS: connections dialled with TLS, refused for the wrong peer identity (secure naming);
     # inbound connections terminated, handshakes that failed (no/expired/foreign certificate,
     # garbage, timeout), verified peers refused (revoked), plaintext refused under STRICT.

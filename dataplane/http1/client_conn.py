@@ -177,14 +177,16 @@ class ClientConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.write_paused = True
         cur = self.current
-        if cur is not None and cur.up is not None:
+        # While a splice moves the body (cur.splice), the upstream transport stays paused: the
+        # kernel reads its socket, and the pump also reports the client's socket full here.
+        if cur is not None and cur.up is not None and cur.splice is None:
             cur.up.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         self.drains += 1
         cur = self.current
-        if cur is not None and cur.up is not None:
+        if cur is not None and cur.up is not None and cur.splice is None:
             cur.up.transport.resume_reading()
 
     def stalled(self) -> bool:

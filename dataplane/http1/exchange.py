@@ -22,6 +22,7 @@ from meshns.dataplane.http1.upstream import UpstreamConn
 from meshns.dataplane.policy.flags import FLAGS_HEADER
 from meshns.dataplane.policy.retry import REPLAY_LIMIT_BYTES, Outcome
 from meshns.dataplane.policy.state import ServiceState
+from meshns.dataplane.splice import SPLICE_MIN_BYTES, SplicePump, can_splice, plain_tcp
 
 if TYPE_CHECKING:
     from meshns.dataplane.http1.context import HttpContext
@@ -39,12 +40,17 @@ class Downstream(Protocol):
 
     transport: asyncio.Transport
     write_paused: bool
+    loop: asyncio.AbstractEventLoop
 
     def pause(self, bit: int) -> None: ...
 
     def resume(self, bit: int) -> None: ...
 
     def abort(self) -> None: ...
+
+    def pause_writing(self) -> None: ...
+
+    def resume_writing(self) -> None: ...
 
 
 class ConnOwner(Protocol):
@@ -91,6 +97,10 @@ class Exchange:
         # Bytes for the client produced while parsing one upstream read, written with one
         # writelines after it: head and body of a small response leave in one syscall.
         self.out: list[bytes] = []
+        # A response body long enough to move in the kernel (see splice_body): its length while
+        # the first upstream read is parsed, and the pump while it runs.
+        self.splice_len: int | None = None
+        self.splice: SplicePump | None = None
 
     def request_line(self) -> tuple[str, str, str, str]:
         head = self.head
@@ -132,6 +142,7 @@ class Exchange:
         self.got_bytes = False
         self.up_reused = up.requests > 0
         up.requests += 1
+        up.head_next = True  # its first read is short: a long body stays for splice (upstream.HEAD_READ)
         head_request = self.head.method == b"HEAD"
         parser = up.parser
         if parser is None or not parser.rearm(self, head_request, self.head.upgrade):
@@ -154,6 +165,8 @@ class Exchange:
             t.pause_reading()
 
     def detach(self, abort: bool) -> None:
+        if self.splice is not None:
+            self.stop_splice()  # its duplicated fds would keep both sockets open
         up = self.up
         if up is not None:
             self.up = None
@@ -181,6 +194,8 @@ class Exchange:
             self.flush()
         if rest is not None and conn is self.up:
             self.upgraded(conn, rest)
+        elif self.splice_len is not None and conn is self.up:
+            self.splice_body(conn)
 
     def flush(self) -> None:
         out = self.out
@@ -197,6 +212,8 @@ class Exchange:
     def up_lost(self, conn: UpstreamConn, exc: Exception | None) -> None:
         if conn is not self.up:
             return
+        if self.splice is not None:
+            self.stop_splice()
         self.up = None
         self.down.resume(PAUSE_UPSTREAM_FULL)
         self.upstream_broken(f"upstream closed: {exc!r}" if exc else "upstream closed")
@@ -267,6 +284,81 @@ class Exchange:
         self.finish(self.keep_alive and self.req_complete)
 
     resp_keep_alive = False
+
+    # a long response body, moved by the kernel (dataplane.splice)
+
+    def note_body_length(self, length: int | None, no_body: bool) -> None:
+        """At commit: a Content-Length body that may be long enough to splice is looked at once
+        the upstream read carrying the head has been parsed (``up_data``)."""
+        if length is not None and length >= SPLICE_MIN_BYTES and not no_body:
+            self.splice_len = length
+
+    def splice_body(self, conn: UpstreamConn) -> None:
+        """The head and the body bytes of this read were written (``flush``); when both sockets
+        are plain TCP and enough of the body is left, the rest moves socket to socket in the
+        kernel. The upstream transport stops reading (so uvloop takes no more of its bytes) and
+        its parser is dropped: it stays mid-body, the next exchange on the connection gets a
+        new one. Otherwise the ordinary path goes on."""
+        length, self.splice_len = self.splice_len, None
+        assert length is not None
+        remaining = length - self.resp_body_bytes
+        down = self.down.transport
+        if self.resp_complete or not can_splice(
+                src_plain=plain_tcp(conn.transport), dst_plain=plain_tcp(down) and not down.is_closing(),
+                length_framed=True, reframed=self.chunked_out, remaining=remaining):
+            return
+        conn.transport.pause_reading()
+        conn.parser = None
+        try:
+            pump = SplicePump(self.down.loop, self, conn.transport, down, remaining)
+        except OSError as exc:  # out of fds: the ordinary path still works
+            log.info("splice not started: %r", exc)
+            conn.parser = self.parser
+            if not self.down.write_paused:
+                conn.transport.resume_reading()
+            return
+        self.splice = pump
+        self.hctx.stats.http_spliced += 1
+        pump.start()
+
+    def stop_splice(self) -> None:
+        pump = self.splice
+        assert pump is not None
+        self.splice = None
+        pump.stop()
+        self.resp_body_bytes += pump.moved
+        if pump.blocked:
+            self.down.write_paused = False
+
+    def splice_done(self, pump: SplicePump) -> None:
+        """All of the body went: what the parser's completion does (the connection back to its
+        owner, which resumes its reading; the next pipelined request)."""
+        self.splice = None
+        self.resp_body_bytes += pump.moved
+        self.on_response_complete()
+
+    def splice_src_failed(self, pump: SplicePump, why: str) -> None:
+        """The upstream ended mid-body: what its connection_lost does (never pooled; the client
+        is reset, so a truncated body never looks whole)."""
+        self.splice = None
+        self.resp_body_bytes += pump.moved
+        self.upstream_broken(why)
+
+    def splice_dst_failed(self, pump: SplicePump, why: str) -> None:
+        """The client is gone: its transport is aborted, and its connection_lost ends the
+        exchange as on the ordinary path (the upstream aborted, not pooled)."""
+        self.splice = None
+        self.resp_body_bytes += pump.moved
+        log.debug("splice to the client failed: %s", why)
+        self.down.abort()
+
+    def splice_blocked(self, blocked: bool) -> None:
+        # The client's socket full / draining: the client connection's own backpressure
+        # bookkeeping, so a client that reads nothing is still cut at its idle timeout.
+        if blocked:
+            self.down.pause_writing()
+        else:
+            self.down.resume_writing()
 
     def finish(self, keep_alive: bool) -> None:
         raise NotImplementedError

@@ -304,6 +304,7 @@ class RequestFlow(Attempts, Exchange):
         head = self.head
         self.resp_keep_alive = rh.keep_alive
         no_body = head.method == b"HEAD" or rh.status in (204, 304) or rh.status == 101
+        self.note_body_length(rh.content_length, no_body)  # a long body may be spliced (exchange)
         keep = head.keep_alive and not head.upgrade
         if no_body or rh.content_length is not None:
             self.chunked_out = False

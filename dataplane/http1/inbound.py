@@ -33,7 +33,7 @@ from meshns.dataplane.http1.head import ParseError, RequestHead
 from meshns.dataplane.http1.inbound_exchange import InboundExchange
 from meshns.dataplane.http1.parser import RequestParser
 from meshns.dataplane.http1.pipe import Pipe
-from meshns.dataplane.http1.upstream import HIGH_WATER, LOW_WATER, UpstreamConn
+from meshns.dataplane.http1.upstream import HIGH_WATER, LOW_WATER, UpstreamConn, as_protocol
 from meshns.dataplane.inbound_authz import deny_tcp
 from meshns.dataplane.labels import Peers
 from meshns.dataplane.metrics import TcpObs
@@ -143,11 +143,11 @@ class InboundConnection(ClientConnection):
     async def _dial(self) -> None:
         made: list[UpstreamConn] = []
 
-        def factory() -> UpstreamConn:
+        def factory() -> asyncio.Protocol:
             conn = UpstreamConn(self, self.fwd.target.as_tuple())
             conn.user = None if self.http else self
             made.append(conn)
-            return conn
+            return as_protocol(conn)
 
         try:
             async with asyncio.timeout(self.hctx.config.connect_timeout_s):

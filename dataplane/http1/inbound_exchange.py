@@ -104,6 +104,7 @@ class InboundExchange(Exchange):
         head = self.head
         self.resp_keep_alive = rh.keep_alive
         no_body = head.method == b"HEAD" or status in (204, 304) or status == 101
+        self.note_body_length(rh.content_length, no_body)  # a long body may be spliced (exchange)
         keep = head.keep_alive and not head.upgrade and (rh.keep_alive or status == 101)
         if no_body or rh.content_length is not None:
             self.chunked_out = False

@@ -28,6 +28,14 @@ from meshns.dataplane.policy.state import ServiceState
 
 HIGH_WATER: Final = 256 * 1024
 LOW_WATER: Final = 64 * 1024
+# Reads from a plain upstream socket go into one buffer per process (each read is handed on
+# before the next, as bytes). The first read of a response takes at most HEAD_READ bytes: a long
+# body then stays mostly in the socket, where splice(2) moves it without Python (dataplane.splice);
+# uvloop's own reads would take up to 256 KiB of it first. Later reads take the whole buffer.
+READ_BYTES: Final = 256 * 1024
+HEAD_READ: Final = 64 * 1024
+_READ_BUF: Final = memoryview(bytearray(READ_BYTES))
+_HEAD_BUF: Final = _READ_BUF[:HEAD_READ]
 
 log = logging.getLogger("meshns.dataplane.http1.upstream")
 
@@ -58,9 +66,12 @@ class ConnDropper(Protocol):
     def drop(self, conn: UpstreamConn) -> None: ...
 
 
-class UpstreamConn(asyncio.Protocol):
-    __slots__ = ("counted", "idle_handle", "key", "lost", "parser", "pool", "requests", "transport", "user",
-                 "write_paused")
+class UpstreamConn(asyncio.BufferedProtocol):
+    """A buffered protocol to uvloop, which reads into ``get_buffer``'s buffer (``buffer_updated``);
+    a plain one to a TLS stream on the socket, which calls ``data_received`` with the plaintext."""
+
+    __slots__ = ("counted", "head_next", "idle_handle", "key", "lost", "parser", "pool", "requests", "transport",
+                 "user", "write_paused")
 
     transport: asyncio.Transport
 
@@ -74,10 +85,18 @@ class UpstreamConn(asyncio.Protocol):
         self.lost = False
         self.write_paused = False
         self.parser: ResponseParser | None = None  # the last exchange's, for the next to re-arm
+        self.head_next = False  # the next read starts a response (set by the exchange's attach)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _HEAD_BUF if self.head_next else _READ_BUF
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.head_next = False
+        self.data_received(bytes(_READ_BUF[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         user = self.user
@@ -114,6 +133,12 @@ class UpstreamConn(asyncio.Protocol):
         return not self.lost and not self.transport.is_closing()
 
 
+def as_protocol(conn: UpstreamConn) -> asyncio.Protocol:
+    """What a ``Connector`` factory returns: a buffered protocol to uvloop, and to a TLS stream
+    (which calls ``data_received`` with the plaintext) a plain one."""
+    return cast(asyncio.Protocol, conn)
+
+
 class ServicePool:
     """Idle connections per endpoint and the waiters of one service."""
 
@@ -131,11 +156,11 @@ class ServicePool:
         timeout_s = self.state.service.pool.connect_timeout_s
         made: list[UpstreamConn] = []
 
-        def factory() -> UpstreamConn:
+        def factory() -> asyncio.Protocol:
             conn = UpstreamConn(self, key)
             conn.user = user
             made.append(conn)
-            return conn
+            return as_protocol(conn)
 
         try:
             async with asyncio.timeout(timeout_s):

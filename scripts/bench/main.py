@@ -230,6 +230,9 @@ class Bench:
         self.notes.append(f"meshns {when}: web's server sidecar accepted {srv['tls_in']} mTLS connection(s); "
                           f"webp's (namespace 'plain', PeerAuthentication DISABLE) {srvp['inbound']['accepted']} "
                           "connection(s), none TLS")
+        cli = self.mesh.status("cli")["sidecar_stats"]
+        self.notes.append(f"meshns {when}: response bodies spliced (plaintext, kernel to kernel): client sidecar "
+                          f"{cli.get('http_spliced', 0)}, webp's server sidecar {srvp.get('http_spliced', 0)}")
 
     def _wait(self, ok: Callable[[], bool], what: str, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
