@@ -4,7 +4,7 @@
 # --quick: one short round and a small scale section (CI smoke). Default output: bench-results/
 # (bench.json, bench.png, bench.txt). Last comes the scale section: 100 pods created one after
 # another (create -> ready), then 10,000 idle keep-alive connections held through one sidecar
-# (--quick: 10 pods, 1,000 connections). --only scale: just the private mesh and the scale
+# (--quick: 5 pods, 500 connections). --only scale: just the private mesh and the scale
 # section (for working on it; the other rows read "-"). Exit 0 whether or not meshns meets the targets; non-zero
 # only when the benchmark itself failed (130 when interrupted).
 # The work is in scripts/bench/ (Python); this wrapper checks root, installs what is missing

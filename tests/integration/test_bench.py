@@ -1,5 +1,5 @@
 """The benchmark itself, as a smoke run (scripts/bench.sh --quick): it builds its topology, measures
-the three paths and a small scale section (10 pods, 1,000 idle connections), writes its three
+the three paths and a small scale section (5 pods, 500 idle connections), writes its three
 outputs, and leaves nothing behind. Figures are not judged here (tests never assert performance);
 only that every case produced one, every pod came up and every held connection answered."""
 
@@ -24,7 +24,7 @@ def _leftovers() -> list[str]:
     return found
 
 
-# The quick run is 1.5-2 minutes on a 2-core machine (its ten `meshns create` alone take 15-25 s),
+# The quick run is about a minute on a 2-core machine (its five `meshns create` take 5-10 s),
 # more on a busy one: a guard against a hang, never a duration judged.
 RUN_TIMEOUT_S = 420
 
@@ -48,12 +48,12 @@ def test_quick_benchmark_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
     # The scale section at quick size: every pod came up ready, every held connection answered twice.
     scale = data["scale"]
     pods, idle = scale["pods"], scale["idle"]
-    assert scale["full_size"] is False and pods["wanted"] == 10 and idle["wanted"] == 1000, scale
+    assert scale["full_size"] is False and pods["wanted"] == 5 and idle["wanted"] == 500, scale
     assert pods["failed"] == 0 and pods["ready"] == pods["wanted"] == len(pods["create_ms"]), pods
     assert 0 < pods["median_ms"] <= pods["p90_ms"] <= pods["max_ms"], pods
     assert idle["opened"] == idle["answered"] == idle["wanted"] and idle["failures"] == {}, idle
     assert idle["active"] >= idle["wanted"] and 0 < idle["rss_before_mb"] <= idle["rss_peak_mb"], idle
     text = (out / "bench.txt").read_text()
-    assert "bar (issue 7 targets" in text and "scale, one host" in text and "10 of 10" in text
+    assert "bar (issue 7 targets" in text and "scale, one host" in text and "5 of 5" in text
     assert (out / "bench.png").stat().st_size > 10_000
     assert not _leftovers(), _leftovers()
