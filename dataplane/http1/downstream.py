@@ -231,6 +231,10 @@ class ServiceConnection(ClientConnection):
             flow.request_complete()
 
     def flow_finished(self, flow: RequestFlow, keep_alive: bool) -> None:
+        if flow is self.parsing and flow.req_complete:
+            # Nothing more of it will be parsed: an idle keep-alive connection must not keep the
+            # last request's flow (its head, trace, attempts: ~3 KB) until the next one.
+            self.parsing = None
         if flow is not self.current or self.lost:
             return
         self.current = None

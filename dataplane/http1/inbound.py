@@ -302,6 +302,8 @@ class InboundConnection(ClientConnection):
             self.parsing.request_complete()
 
     def flow_finished(self, ex: InboundExchange, keep_alive: bool) -> None:
+        if ex is self.parsing and ex.req_complete:
+            self.parsing = None  # an idle keep-alive connection does not keep the last exchange
         if ex is not self.current or self.lost:
             return
         self.current = None

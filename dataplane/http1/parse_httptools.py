@@ -141,7 +141,11 @@ class RequestParserLL(_Base):
         if len(method) + len(self._url) + _LINE_OVERHEAD > MAX_REQUEST_LINE:
             raise ParseError(414, "request line too long")
         minor = 0 if version == "1.0" else 1
-        self._sink.on_request_head(request_head(method, self._url, minor, self._headers))
+        url, headers = self._url, self._headers
+        # Not kept by the parser: an idle keep-alive connection holds its parser until the next request.
+        self._url = b""
+        self._headers = []
+        self._sink.on_request_head(request_head(method, url, minor, headers))
 
     def feed(self, data: bytes) -> bytes | None:
         return self._feed(self._p, data, 400)
