@@ -249,6 +249,16 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 10.0, what: str = 
         time.sleep(0.05)
 
 
+# PeerAuthentication turning mTLS off mesh-wide (namespace default): for the plaintext cases.
+PLAINTEXT = """
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: default}
+spec:
+  mtls: {mode: DISABLE}
+"""
+
+
 def nginx_conf(d: Path, port: int, body: str, worker_connections: int, backlog: int,
                nofile: int | None = None) -> Path:
     """An nginx (Debian's, unmodified) answering every request on ``port`` with ``body``, with

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Mesh, wait_for
+from conftest import PLAINTEXT, Mesh, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.root
@@ -67,13 +67,6 @@ spec:
 {route_extra}"""
 
 
-PLAINTEXT_DEFAULT_NS = """
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: default}
-spec:
-  mtls: {mode: DISABLE}
-"""
 
 
 def request_samples(mesh: Mesh, pod: str) -> list[dict[str, Any]]:
@@ -104,7 +97,7 @@ def tx_bytes(mesh: Mesh, pod: str) -> int:
 @pytest.mark.parametrize("mtls", [True, False], ids=["mtls", "plaintext"])
 def test_unary_and_streaming_calls_through_two_sidecars(mesh: Mesh, tmp_path: Path, mtls: bool) -> None:
     if not mtls:
-        apply(mesh, tmp_path, PLAINTEXT_DEFAULT_NS)
+        apply(mesh, tmp_path, PLAINTEXT)
     grpc_server(mesh, "g1")
     mesh.run("create", "client")
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Mesh, nginx_conf, wait_for
+from conftest import PLAINTEXT, Mesh, nginx_conf, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -60,13 +60,6 @@ TASK_SLACK = 2
 FD_RESERVE = 64
 OPEN_TIMEOUT_S = 240.0
 
-PLAINTEXT = """
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: default}
-spec:
-  mtls: {mode: DISABLE}
-"""
 
 
 def apply(mesh: Mesh, tmp_path: Path, text: str) -> None:

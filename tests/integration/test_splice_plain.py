@@ -10,20 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Mesh, wait_for
+from conftest import PLAINTEXT, Mesh, wait_for
 
 pytestmark = pytest.mark.root
 
 APPS = Path(__file__).parent / "apps"
 PY = sys.executable
 URL = "http://reviews:9080"
-PLAINTEXT = """
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: default}
-spec:
-  mtls: {mode: DISABLE}
-"""
 
 
 def test_plaintext_long_bodies_are_spliced_whole_and_a_death_mid_body_is_an_error(mesh: Mesh,
