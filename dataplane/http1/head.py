@@ -63,6 +63,18 @@ class ResponseHead:
     conn_tokens: frozenset[bytes]
 
 
+# The header names _framing looks at, to a small code: one dict lookup per header instead of a
+# chain of comparisons, since nearly every header is none of them (response_head measured 4.7 us
+# for nginx's eight headers, most of it here).
+_CL, _TE, _CONN, _HOST, _EXPECT = range(5)
+_FRAMING_NAMES: Final = {b"content-length": _CL, b"transfer-encoding": _TE, b"connection": _CONN,
+                         b"host": _HOST, b"expect": _EXPECT}
+# The usual Connection values, already split: most heads carry one of these (or none).
+_COMMON_TOKENS: Final = {b"keep-alive": frozenset({b"keep-alive"}), b"close": frozenset({b"close"}),
+                         b"upgrade": frozenset({b"upgrade"})}
+_NO_TOKENS: Final[frozenset[bytes]] = frozenset()
+
+
 def _framing(headers: Headers, request: bool) -> tuple[int | None, bytes | None, frozenset[bytes], bytes | None,
                                                     bytes | None]:
     """(content-length, transfer-encoding, connection tokens, host, expect); raises ParseError on
@@ -75,36 +87,51 @@ def _framing(headers: Headers, request: bool) -> tuple[int | None, bytes | None,
         raise ParseError(431, "too many headers")
     cl: int | None = None
     te: bytes | None = None
-    tokens: set[bytes] = set()
+    conn_values: list[bytes] = []
     host = expect = None
+    kinds = _FRAMING_NAMES
     for name, value in headers:
-        lname = name.lower()
-        if lname == b"content-length":
+        kind = kinds.get(name.lower())
+        if kind is None:
+            continue
+        if kind == _CL:
             if cl is not None:
                 raise ParseError(400, "duplicate Content-Length")
             v = value.strip()
             if not v.isdigit() or len(v) > 18:
                 raise ParseError(400, "bad Content-Length")
             cl = int(v)
-        elif lname == b"transfer-encoding":
+        elif kind == _TE:
             if te is not None and not request:
                 raise ParseError(400, "duplicate Transfer-Encoding")
             v = value.strip().lower()
             te = v if te is None else te + b", " + v
-        elif lname == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-        elif lname == b"host":
+        elif kind == _CONN:
+            conn_values.append(value)
+        elif kind == _HOST:
             if host is not None:
                 raise ParseError(400, "duplicate Host")
             host = value
-        elif lname == b"expect":
+        else:
             expect = value.strip().lower()
     if te is not None and cl is not None:
         # Envoy's default (http1.content_length_and_chunked_not_allowed): 400, checked before
         # the coding itself, so a smuggling attempt always gets the same answer.
         raise ParseError(400, "Content-Length with Transfer-Encoding")
+    return cl, te, _connection_tokens(conn_values), host, expect
+
+
+def _connection_tokens(values: list[bytes]) -> frozenset[bytes]:
+    """The lower-cased, stripped, non-empty tokens of every Connection header."""
+    if not values:
+        return _NO_TOKENS
+    if len(values) == 1:
+        common = _COMMON_TOKENS.get(values[0].strip().lower())
+        if common is not None:
+            return common
+    tokens = {t.strip().lower() for value in values for t in value.split(b",")}
     tokens.discard(b"")
-    return cl, te, frozenset(tokens), host, expect
+    return frozenset(tokens)
 
 
 def _valid_target(method: bytes, target: bytes) -> bool:

@@ -96,3 +96,22 @@ def test_local_response() -> None:
     out = local_response(503, "Service Unavailable", [b"x-meshns-response-flags: UO\r\n"], b"no\n", close=True)
     assert out == (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 3\r\n"
                    b"x-meshns-response-flags: UO\r\nconnection: close\r\n\r\nno\n")
+
+
+@pytest.mark.parametrize(
+    ("values", "tokens"),
+    [
+        ([], set()),
+        ([b"keep-alive"], {b"keep-alive"}),
+        ([b" Close "], {b"close"}),  # the shared common sets: case and spaces as any other
+        ([b"Upgrade"], {b"upgrade"}),
+        ([b"keep-alive, X-Private"], {b"keep-alive", b"x-private"}),
+        ([b"close", b"Upgrade"], {b"close", b"upgrade"}),  # several headers: one list
+        ([b", ,close,"], {b"close"}),  # empty elements dropped
+        ([b""], set()),
+    ],
+)
+def test_connection_tokens(values: list[bytes], tokens: set[bytes]) -> None:
+    headers = [(b"Host", b"h"), *((b"Connection", v) for v in values)]
+    assert request_head(b"GET", b"/", 1, headers).conn_tokens == frozenset(tokens)
+    assert response_head(200, b"OK", 1, [(b"Content-Length", b"0"), *headers[1:]]).conn_tokens == frozenset(tokens)
