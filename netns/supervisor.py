@@ -44,10 +44,11 @@ from typing import TYPE_CHECKING
 
 from meshns import prctl
 from meshns.errors import MeshnsError
-from meshns.netns import proxyuser, sandbox
 from meshns.netns.certinfo import write_cert_info
-from meshns.netns.validate import validate
 from meshns.trace import mark
+
+# proxyuser, sandbox (ctypes, the config model) and validate are imported once the sidecar
+# process is started (run): a pod being created waits for that process, not for these.
 
 if TYPE_CHECKING:
     from meshns.mtls.keeper import IdentityKeeper
@@ -142,6 +143,8 @@ class Supervisor:
 
     # -- children --------------------------------------------------------------------------
     def _sidecar_preexec(self) -> None:
+        from meshns.netns import proxyuser  # loaded before the fork (spawn_sidecar)
+
         proxyuser.become_proxy(self.netns)
 
     @staticmethod
@@ -178,6 +181,8 @@ class Supervisor:
         fds.append(ready_w)
         config["ready_fd"] = ready_w
         self._set_ready_pipe(ready_r)
+        if not early:
+            from meshns.netns import proxyuser  # noqa: F401 - for _sidecar_preexec, not after the fork
         try:
             config["snapshot_dir_fd"] = dir_fd
             enter = ["--enter-netns", self.netns] if early else []
@@ -291,6 +296,8 @@ class Supervisor:
         if not argv:
             self.state.app_state = "none"
             return
+        from meshns.netns import sandbox
+
         hide = sandbox.hidden_dirs(self.pod_dir.parent.parent)
         with open(self.pod_dir / "app.log", "ab") as out:
             # The app's view of the pod: its network namespace, /etc/netns/<netns>/* over /etc,
@@ -318,6 +325,7 @@ class Supervisor:
         mark("sup:run")
         self.spawn_sidecar(early=self.gate_fd is not None)
         mark("sup:sidecar-spawned")
+        _preload_after_spawn()
         if self.identity_plan:
             try:
                 self.load_identity()
@@ -339,6 +347,8 @@ class Supervisor:
         started = time.monotonic()
         self.await_sidecar_ready(ready_timeout_s)
         mark("sup:sidecar-ready")
+        from meshns.netns.validate import validate
+
         try:
             validate(self.netns, IPv4Address(self.plan["pod_ip"]), IPv4Address(self.plan["gateway"]),
                      max(ready_timeout_s - (time.monotonic() - started), 1.0))
@@ -471,6 +481,14 @@ def _stop(proc: subprocess.Popen[bytes], grace_s: float, group: bool) -> None:
     except subprocess.TimeoutExpired:
         send(signal.SIGKILL)
         proc.wait()
+
+
+def _preload_after_spawn() -> None:
+    """What run needs later (entering the pod, starting the app, the probes), loaded while the
+    sidecar process starts rather than before it."""
+    import meshns.netns.proxyuser
+    import meshns.netns.sandbox
+    import meshns.netns.validate  # noqa: F401
 
 
 def nap_s(now: float, next_identity_check: float, restart_at: float | None) -> float:
