@@ -396,9 +396,11 @@ class Supervisor:
     def _wake_on_signals() -> tuple[int, int]:
         """A pipe the signal machinery writes a byte to on every signal we handle: SIGCHLD (the app
         or the sidecar exited) and SIGTERM/SIGINT (stop) end a nap at once, so the loop sleeps
-        until the next identity check instead of polling its children 20 times a second (with a
-        hundred idle pods, their supervisors' polling took a good part of a core). The wakeup fd
-        is set before the loop first polls the children, so an exit in between still wakes it."""
+        until the next identity check instead of polling its children 20 times a second, and
+        notices an exit at once rather than within 50 ms. (Measured idle: 0.33% -> 0.30% of a core
+        per supervisor; most of the rest is check_identity re-reading the CA state 4 times a
+        second.) The wakeup fd is set before the loop first polls the children, so an exit in
+        between still wakes it."""
         r, w = os.pipe()
         os.set_blocking(r, False)
         os.set_blocking(w, False)
