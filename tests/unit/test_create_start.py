@@ -85,3 +85,9 @@ def test_supervisor_naps_until_the_next_thing_due() -> None:
     ]
     for now, check_at, restart_at, want in cases:
         assert supervisor.nap_s(now, check_at, restart_at) == pytest.approx(want), (now, check_at, restart_at)
+
+
+def test_children_never_import_from_the_current_directory() -> None:
+    """-P: a `meshns` folder in the directory create was run from is not imported by root."""
+    cmd = supervisor.command(Path("/s"), "p")
+    assert cmd[1:4] == ["-P", "-m", supervisor.SUPERVISOR_MODULE]
