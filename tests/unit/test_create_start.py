@@ -4,13 +4,10 @@ code."""
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from meshns.mtls.ca import CertAuthority
 from meshns.netns import supervisor
@@ -71,20 +68,6 @@ def test_trust_domain_read_matches_the_ca(tmp_path: Path) -> None:
     assert ca_trust_domain(ca_dir) is None
     CertAuthority.ensure(ca_dir, "example.org")
     assert ca_trust_domain(ca_dir) == CertAuthority.load(ca_dir).trust_domain == "example.org"
-
-
-def test_supervisor_naps_until_the_next_thing_due() -> None:
-    cases = [
-        # now, next identity check, restart at -> nap
-        (10.0, 10.2, None, 0.2),
-        (10.0, 10.2, 10.1, 0.1),  # a sidecar restart comes first
-        (10.0, 10.2, 9.0, 0.0),  # a restart already due: no nap
-        (10.0, 9.5, None, 0.0),  # the check is late
-        (10.0, math.inf, None, supervisor.IDENTITY_CHECK_S),  # no identity: capped
-        (10.0, 99.0, 50.0, supervisor.IDENTITY_CHECK_S),  # a clock step: capped
-    ]
-    for now, check_at, restart_at, want in cases:
-        assert supervisor.nap_s(now, check_at, restart_at) == pytest.approx(want), (now, check_at, restart_at)
 
 
 def test_children_never_import_from_the_current_directory() -> None:
