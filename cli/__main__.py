@@ -1,3 +1,3 @@
-from meshns.cli.main import main
+from meshns.cli.main import run
 
-main()
+run()

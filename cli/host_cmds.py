@@ -49,7 +49,7 @@ def spawn_agent(state_dir: Path) -> subprocess.Popen[bytes]:
     hdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     logf = open(hdir / "agent.log", "ab")  # noqa: SIM115 - handed to the child
     try:
-        return subprocess.Popen([sys.executable, "-m", "meshns.cluster.agent", "--state-dir", str(state_dir)],
+        return subprocess.Popen([sys.executable, "-P", "-m", "meshns.cluster.agent", "--state-dir", str(state_dir)],
                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
                                 close_fds=True)
     finally:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import importlib
 import os
 import re
 import sys
-from typing import TYPE_CHECKING
+import threading
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from meshns.cli import config_cmds, host_cmds, ops_cmds, security_cmds
+from meshns.cli import security_cmds
 from meshns.cli.output import emit, table
 from meshns.cli.security_cmds import DURATION, validate_identity_parts
 from meshns.config import ConfigRequest
@@ -17,6 +21,7 @@ from meshns.errors import MeshnsError, NotFoundError, UserError
 from meshns.intercept.spec import parse_cidr_list, parse_port_list
 from meshns.model import PodSpec, PodState
 from meshns.names import parse_label, parse_service_decl
+from meshns.trace import mark
 
 if TYPE_CHECKING:
     from meshns.mesh import Mesh
@@ -57,7 +62,42 @@ def _mesh(ctx: click.Context, *, record: bool = False) -> Mesh:
     return Mesh.open(req, record=record)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Commands defined in other modules, loaded when named (or when all are listed, for --help):
+# their imports (the cluster client, the status collector, the Istio reader...) are about 60 ms
+# that create and the other commands of this module do not need. security_cmds is not here:
+# create's options use its parameter types.
+LAZY_COMMANDS = {
+    "apply": "config_cmds", "get": "config_cmds", "service": "config_cmds",
+    "status": "ops_cmds", "top": "ops_cmds", "logs": "ops_cmds", "metrics": "ops_cmds", "explain": "ops_cmds",
+    "host": "host_cmds",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose LAZY_COMMANDS modules register their commands on first use."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loaded: set[str] = set()
+
+    def _load(self, module: str) -> None:
+        if module in self._loaded:
+            return
+        self._loaded.add(module)
+        importlib.import_module(f"meshns.cli.{module}").register(self, _mesh, OUTPUT)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            self._load(LAZY_COMMANDS[cmd_name])
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        for module in sorted(set(LAZY_COMMANDS.values())):
+            self._load(module)
+        return super().list_commands(ctx)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--state-dir", envvar="MESHNS_STATE_DIR", help="State directory [default: /var/lib/meshns].")
 @click.option("--bridge", envvar="MESHNS_BRIDGE", help="Host bridge for this mesh [default: meshns0].")
 @click.option("--pod-cidr", envvar="MESHNS_POD_CIDR", help="Pod address range [default: 10.188.0.0/16].")
@@ -131,7 +171,9 @@ def create(ctx: click.Context, name: str, app: tuple[str, ...], exclude_outbound
         click.echo(lifecycle.dry_run(cfg, pods, name, spec), nl=False)
         return
     require_root("meshns create")
+    mark("cli:create-imported")
     mesh = _mesh(ctx, record=True)
+    mark("cli:mesh-open")
     result = lifecycle.create(mesh, name, spec, ready_timeout)
     state = result.state
     click.echo(f"pod {name} ready at {result.record.ip} in {result.seconds:.2f} s "
@@ -151,6 +193,8 @@ def delete(ctx: click.Context, names: tuple[str, ...], filename: str | None) -> 
     if filename is not None:
         if names:
             raise UserError("give pod names or -f FILE, not both")
+        from meshns.cli import config_cmds
+
         for kind, name, found in config_cmds.delete_file(_mesh(ctx), filename):
             click.echo(f"{kind.lower()}/{name} {'deleted' if found else 'not found'}")
         return
@@ -229,15 +273,14 @@ def gc(ctx: click.Context) -> None:
     click.echo("\n".join(done) if done else "nothing to clean")
 
 
-config_cmds.register(cli, _mesh, OUTPUT)
-ops_cmds.register(cli, _mesh, OUTPUT)
 security_cmds.register(cli, _mesh, OUTPUT)
-host_cmds.register(cli, _mesh, OUTPUT)
 
 
 def main() -> None:
+    mark("cli:main")
     try:
         cli.main(standalone_mode=False)
+        mark("cli:done")
     except click.exceptions.Abort:
         click.echo("meshns: aborted", err=True)
         sys.exit(130)
@@ -252,5 +295,30 @@ def main() -> None:
         sys.exit(130)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``meshns`` console script: ``main``, then, after a success, a quick exit.
+
+    Tearing the interpreter down (freeing every module and object, pyroute2's above all) takes
+    longer than some commands' own work: about 0.1 s after ``create``, which a script creating
+    pods one after another waits for. Everything a command writes is in closed files or committed
+    transactions by the time it returns, so after flushing our output and running the atexit
+    handlers (logging, weakref finalizers) there is nothing left to do. Only with no other thread
+    running (one would be cut off). Tests call ``main`` in-process and are unaffected.
+    """
     main()
+    if threading.active_count() != 1:
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed or broken pipe: let the normal exit report it
+        return
+    atexit._run_exitfuncs()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    run()

@@ -10,7 +10,12 @@ becomes the proxy user (netns/proxyuser.py) before it binds or parses anything e
 import io
 import sys
 
-from meshns.dataplane.server import main
+from meshns.trace import mark
+
+mark("sc:interp")
+from meshns.dataplane.server import main  # noqa: E402 - after the mark: its imports are timed
+
+mark("sc:imported")
 
 
 def _become_proxy_after_config(argv: list[str]) -> list[str]:
@@ -21,6 +26,7 @@ def _become_proxy_after_config(argv: list[str]) -> list[str]:
     import uvloop  # noqa: F401, PLC0415 - main() imports it too: load it before the wait, not after
 
     config = sys.stdin.read()  # blocks until the supervisor hands it over (the gate)
+    mark("sc:config")
     if not config:
         sys.exit(0)  # the supervisor gave up (create went away): nothing was started
     from meshns.errors import MeshnsError  # noqa: PLC0415
@@ -31,6 +37,7 @@ def _become_proxy_after_config(argv: list[str]) -> list[str]:
     except (OSError, MeshnsError) as exc:
         print(f"meshns sidecar: cannot enter pod namespace {netns} as the proxy user: {exc}", file=sys.stderr)
         sys.exit(3)
+    mark("sc:proxy")
     sys.stdin = io.StringIO(config)  # load_config("-") reads it from here
     return rest
 

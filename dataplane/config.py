@@ -59,6 +59,10 @@ class SidecarConfig:
     # mTLS: a pipe from the supervisor carrying this pod's certificate, key and trust bundle as
     # JSON lines (the first before start, then one per rotation). -1: no identity, no mTLS.
     identity_fd: int = -1
+    # A pipe to the supervisor: the sidecar writes one line on it (and closes it) once every
+    # listener accepts, so the supervisor probes then instead of polling a process still
+    # starting (each probe is a fork into the pod). -1: nobody to tell.
+    ready_fd: int = -1
     tls_handshake_timeout_s: float = 10.0
     # Inbound, before choosing TLS or plaintext: how long to wait for a silent client's first
     # bytes. A meshed client sends its ClientHello at once; only a plaintext client of a
@@ -93,6 +97,7 @@ _FIELD_TYPES: Final[dict[str, type]] = {
     "http_parser": str,
     "metrics_port": int,
     "identity_fd": int,
+    "ready_fd": int,
     "tls_handshake_timeout_s": float,
     "inbound_peek_timeout_s": float,
     "access_log": str,
@@ -146,6 +151,8 @@ def _check_semantics(cfg: SidecarConfig) -> None:
                         f"got {cfg.max_request_body_bytes}")
     if cfg.http_parser not in HTTP_PARSERS:
         raise UserError(f"sidecar config: http_parser must be one of {', '.join(HTTP_PARSERS)}")
+    if cfg.ready_fd < -1:
+        raise UserError(f"sidecar config: ready_fd must be -1 or a descriptor, got {cfg.ready_fd}")
     if cfg.snapshot_dir_fd < -1:
         raise UserError(f"sidecar config: snapshot_dir_fd must be -1 or a descriptor, got {cfg.snapshot_dir_fd}")
     if not cfg.snapshot_file:

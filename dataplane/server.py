@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -42,6 +43,7 @@ from meshns.dataplane.relay import RelayContext
 from meshns.dataplane.snapshots import SnapshotStore
 from meshns.dataplane.stats import Stats
 from meshns.errors import MeshnsError, SystemFailure
+from meshns.trace import mark
 
 log = logging.getLogger("meshns.dataplane")
 
@@ -50,6 +52,8 @@ log = logging.getLogger("meshns.dataplane")
 LISTEN_BACKLOG: Final = 1024
 # How often drain looks at the active count. Polling keeps the relay free of drain bookkeeping.
 DRAIN_POLL_S: Final = 0.05
+# What the sidecar writes on its ready pipe (config.ready_fd) once it accepts on every listener.
+READY_LINE: Final = b"ready\n"
 
 
 class Sidecar:
@@ -71,6 +75,7 @@ class Sidecar:
         self.tls = tls or identity.MeshTls()
         if connector is None:
             connector = MeshConnector(self.store, self.tls, self.stats, config.tls_handshake_timeout_s)
+        mark("sc:sidecar-init")
         self.metrics = Metrics(self._health)
         self.metrics.registry.register(TasksCollector())
         self.obs = Observer(config, self.store, self.metrics)
@@ -172,6 +177,7 @@ class Sidecar:
         if cfg.identity_fd >= 0:
             # Fail closed: no listener exists before this pod can prove who it is.
             pending = identity.read_first(self.tls, cfg.identity_fd, cfg.tls_handshake_timeout_s)
+            mark("sc:identity")
         try:
             out_srv, self.outbound_addr = await self._bind(
                 self.ctx.factory(Direction.OUTBOUND), cfg.bind_ip, cfg.outbound_port, "outbound")
@@ -209,6 +215,8 @@ class Sidecar:
         if self._acceptor is not None:
             self._acceptor.start()
         self.admin_state.ready = True
+        mark("sc:ready")
+        _tell_ready(cfg.ready_fd)
         log.info("sidecar ready pod=%s pid=%d outbound=%s inbound=%s admin=%s metrics=%s", cfg.pod,
                  os.getpid(), self.outbound_addr, self.inbound_addr, self.admin_addr, self.metrics_addr)
 
@@ -290,6 +298,20 @@ class Sidecar:
         return await self.serve()
 
 
+def _tell_ready(fd: int) -> None:
+    """One line on the supervisor's ready pipe (config.ready_fd), then close it. A supervisor
+    that went away is no reason to stop serving: it only waits for this to start probing."""
+    if fd < 0:
+        return
+    try:
+        os.write(fd, READY_LINE)
+    except OSError as exc:
+        log.warning("ready pipe: %s", exc)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 def _not_dumpable() -> None:
     """Every sidecar runs as uid 1337; without this, one pod's sidecar could read another's key
     from /proc/<pid>/mem or /proc/<pid>/fd (see meshns.prctl)."""
@@ -323,6 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MeshnsError as exc:
         print(f"meshns sidecar: {exc}", file=sys.stderr)
         return exc.exit_code
+    mark("sc:config-loaded")
     setup_logging(config.log_level)
     if config.identity_fd >= 0:
         _not_dumpable()

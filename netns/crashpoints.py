@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import signal
 
+from meshns.trace import mark
+
 ENV = "MESHNS_CRASH_AT"
 
 # create, in order (netns/lifecycle.py). From CREATE_COMMITTED on, the row is ready: the pod
@@ -70,5 +72,6 @@ ALL_STEPS = CREATE_STEPS + DELETE_STEPS + CONFIG_STEPS
 
 def crash_point(step: str) -> None:
     """SIGKILL this process if MESHNS_CRASH_AT names ``step`` (a test hook; see above)."""
+    mark(step)  # the steps are the timeline of a create (meshns.trace; off unless MESHNS_TRACE)
     if os.environ.get(ENV) == step:
         os.kill(os.getpid(), signal.SIGKILL)

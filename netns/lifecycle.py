@@ -54,6 +54,7 @@ from meshns.netns.publish import ca_trust_domain, publish
 from meshns.netns.statefile import read_state
 from meshns.ports import METRICS_PORT
 from meshns.statefs import state_writes
+from meshns.trace import mark
 
 if TYPE_CHECKING:
     from meshns.mesh import Mesh
@@ -132,6 +133,7 @@ def create(mesh: Mesh, name: str, spec: PodSpec, ready_timeout_s: float = 10.0) 
             crash_point("create:supervisor-started")
             from meshns.netns import apply
 
+            mark("create:pyroute2-imported")
             with mesh.locked():
                 apply.ensure_bridge(mesh.cfg.bridge, ipam.gateway_interface(mesh.cfg.pod_cidr))
                 crash_point("create:bridge-ready")
@@ -206,7 +208,9 @@ def _build(mesh: Mesh, record: PodRecord, net: PodNetPlan, rules: RulePlan, gate
                 crash_point("create:veth-added")
             case ConfigurePod():
                 crash_point("create:pod-addressed")
+    mark("create:iptc-imported")
     apply_in_netns(record.netns, rules)
+    mark("create:rules-in")
     installed = read_installed_in_netns(record.netns)
     if installed != render_save(rules):
         raise SystemFailure("interception rules read back from the kernel differ from the plan")
@@ -214,6 +218,7 @@ def _build(mesh: Mesh, record: PodRecord, net: PodNetPlan, rules: RulePlan, gate
     publish(mesh)  # hosts entries and the first snapshot, before the sidecar starts serving
     crash_point("create:first-published")
     _open_gate(gate)
+    mark("create:gate-open")
 
 
 def _write_pod_config(mesh: Mesh, record: PodRecord, ready_timeout_s: float) -> None:

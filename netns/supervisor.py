@@ -42,9 +42,11 @@ from typing import TYPE_CHECKING
 
 from meshns import prctl
 from meshns.errors import MeshnsError
-from meshns.netns import proxyuser, sandbox
 from meshns.netns.certinfo import write_cert_info
-from meshns.netns.validate import validate
+from meshns.trace import mark
+
+# proxyuser, sandbox (ctypes, the config model) and validate are imported once the sidecar
+# process is started (run): a pod being created waits for that process, not for these.
 
 if TYPE_CHECKING:
     from meshns.mtls.keeper import IdentityKeeper
@@ -65,6 +67,11 @@ IDENTITY_CHECK_S = 0.25
 # What meshns create writes on the gate pipe (--gate-fd) once the pod's rules are applied and
 # checked: the supervisor starts early, but the sidecar gets its config (and binds) only then.
 GATE_GO = b"go"
+# ``python -m`` puts the current directory first on sys.path: started from a directory that has a
+# ``meshns`` folder (a checkout of this repository, or anything a user left there), the
+# supervisor and the sidecar, both root at first, would run that code instead of the installed
+# one. -P (Python 3.11) leaves the current directory out.
+SAFE_PATH = ("-P",)
 
 
 def sidecar_stop_s(drain_timeout_s: float) -> float:
@@ -103,20 +110,28 @@ class Supervisor:
         self.drain_timeout_s = DEFAULT_DRAIN_TIMEOUT_S
         # mTLS: the supervisor (root) issues and renews this pod's certificate and hands it to
         # the sidecar (uid 1337) over a pipe; the CA key never leaves the state directory.
-        ident = self.plan.get("identity")
+        # Made by load_identity: run() starts the sidecar process before it, so the CA code's
+        # import (cryptography, about 0.1 s) overlaps the sidecar's own start-up.
+        self.identity_plan: dict[str, object] | None = self.plan.get("identity") or None
         self.keeper: IdentityKeeper | None = None
-        if ident:
-            # The CA code (cryptography) loads only for pods with an identity, and only here:
-            # meshns create and status import this module for its constants.
-            from meshns.mtls.identity import SpiffeId
-            from meshns.mtls.keeper import IdentityKeeper
-
-            ttl = ident.get("ttl_s")
-            self.keeper = IdentityKeeper(Path(ident["ca_dir"]), SpiffeId.parse(ident["spiffe"]),
-                                         None if ttl is None else float(ttl))
         self.identity_w: int | None = None  # our end of the current sidecar's identity pipe
+        self.ready_r: int | None = None  # our end of the current sidecar's ready pipe
         self.identity_out = b""  # bytes not yet taken by the pipe
         self.next_identity_check = 0.0
+
+    def load_identity(self) -> None:
+        """The pod's certificate keeper, for pods with an identity."""
+        ident = self.identity_plan
+        if not ident or self.keeper is not None:
+            return
+        # The CA code (cryptography) loads only for pods with an identity, and only here:
+        # meshns create and status import this module for its constants.
+        from meshns.mtls.identity import SpiffeId
+        from meshns.mtls.keeper import IdentityKeeper
+
+        ttl = ident.get("ttl_s")
+        self.keeper = IdentityKeeper(Path(str(ident["ca_dir"])), SpiffeId.parse(str(ident["spiffe"])),
+                                     None if ttl is None else float(str(ttl)))
 
     # -- state file ------------------------------------------------------------------------
     def save(self) -> None:
@@ -131,6 +146,8 @@ class Supervisor:
 
     # -- children --------------------------------------------------------------------------
     def _sidecar_preexec(self) -> None:
+        from meshns.netns import proxyuser  # loaded before the fork (spawn_sidecar)
+
         proxyuser.become_proxy(self.netns)
 
     @staticmethod
@@ -158,16 +175,22 @@ class Supervisor:
         self.drain_timeout_s = float(config.get("drain_timeout_s", DEFAULT_DRAIN_TIMEOUT_S))
         dir_fd = os.open(self.pod_dir, os.O_RDONLY | os.O_DIRECTORY)
         fds = [dir_fd]
-        if self.keeper is not None:
+        if self.identity_plan:  # the keeper may not be loaded yet (run)
             read_end, write_end = os.pipe()
             fds.append(read_end)
             config["identity_fd"] = read_end
             self._set_identity_pipe(write_end)
+        ready_r, ready_w = os.pipe()
+        fds.append(ready_w)
+        config["ready_fd"] = ready_w
+        self._set_ready_pipe(ready_r)
+        if not early:
+            from meshns.netns import proxyuser  # noqa: F401 - for _sidecar_preexec, not after the fork
         try:
             config["snapshot_dir_fd"] = dir_fd
             enter = ["--enter-netns", self.netns] if early else []
             self.sidecar = subprocess.Popen(
-                [sys.executable, "-m", "meshns.dataplane", "--config", "-", *enter],
+                [sys.executable, *SAFE_PATH, "-m", "meshns.dataplane", "--config", "-", *enter],
                 stdin=subprocess.PIPE, pass_fds=tuple(fds), close_fds=True,
                 # This process has one thread, so preexec_fn is safe here.
                 preexec_fn=self._early_preexec if early else self._sidecar_preexec,  # noqa: PLW1509
@@ -203,6 +226,31 @@ class Supervisor:
         finally:
             os.close(self.gate_fd)
             self.gate_fd = None
+
+    def _set_ready_pipe(self, fd: int) -> None:
+        if self.ready_r is not None:
+            os.close(self.ready_r)
+        self.ready_r = fd
+
+    def await_sidecar_ready(self, timeout_s: float) -> None:
+        """Wait until the sidecar says it accepts (a line on its ready pipe), it exits (EOF), we
+        are stopped, or timeout_s passes. Whichever it was, validation follows and decides: this
+        only keeps the probes (a fork into the pod each) from polling a sidecar that is still
+        importing its code, taking the CPU it needs to get there."""
+        if self.ready_r is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not self.stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                ready, _, _ = select.select([self.ready_r], [], [], min(left, 0.05))
+                if ready:
+                    return
+        finally:
+            os.close(self.ready_r)
+            self.ready_r = None
 
     # -- identity ---------------------------------------------------------------------------
     def _set_identity_pipe(self, fd: int) -> None:
@@ -251,6 +299,8 @@ class Supervisor:
         if not argv:
             self.state.app_state = "none"
             return
+        from meshns.netns import sandbox
+
         hide = sandbox.hidden_dirs(self.pod_dir.parent.parent)
         with open(self.pod_dir / "app.log", "ab") as out:
             # The app's view of the pod: its network namespace, /etc/netns/<netns>/* over /etc,
@@ -275,24 +325,39 @@ class Supervisor:
         self.save()
         # The sidecar process starts first: its interpreter and imports take longer than anything
         # below, and it binds nothing until configure_sidecar, which comes after the gate.
+        mark("sup:run")
         self.spawn_sidecar(early=self.gate_fd is not None)
-        if self.keeper is not None:
+        mark("sup:sidecar-spawned")
+        _preload_after_spawn()
+        if self.identity_plan:
             try:
+                self.load_identity()
+                assert self.keeper is not None
                 self.keeper.current()
             except (MeshnsError, OSError, ValueError) as exc:
                 return self.fail(f"cannot issue the workload certificate: {exc}")
+        mark("sup:cert-ready")
         if self.gate_fd is not None and not self.await_gate():
             if self.stopping:
                 return self.shutdown()
             return self.fail("meshns create went away before the interception rules were confirmed")
+        mark("sup:gate")
         self.configure_sidecar()
+        mark("sup:configured")
         self.state.phase = "validating"
         self.save()
+        ready_timeout_s = float(self.plan["ready_timeout_s"])
+        started = time.monotonic()
+        self.await_sidecar_ready(ready_timeout_s)
+        mark("sup:sidecar-ready")
+        from meshns.netns.validate import validate
+
         try:
             validate(self.netns, IPv4Address(self.plan["pod_ip"]), IPv4Address(self.plan["gateway"]),
-                     float(self.plan["ready_timeout_s"]))
+                     max(ready_timeout_s - (time.monotonic() - started), 1.0))
         except MeshnsError as exc:
             return self.fail(str(exc))
+        mark("sup:validated")
         if self.stopping:
             return self.shutdown()
         try:
@@ -302,6 +367,7 @@ class Supervisor:
         self.state.phase = "running"
         self.save()
         self.log("running")
+        mark("sup:running")
         return self.loop()
 
     def fail(self, reason: str) -> int:
@@ -385,9 +451,17 @@ def _stop(proc: subprocess.Popen[bytes], grace_s: float, group: bool) -> None:
         proc.wait()
 
 
+def _preload_after_spawn() -> None:
+    """What run needs later (entering the pod, starting the app, the probes), loaded while the
+    sidecar process starts rather than before it."""
+    import meshns.netns.proxyuser
+    import meshns.netns.sandbox
+    import meshns.netns.validate  # noqa: F401
+
+
 def command(state_dir: Path, pod: str, gate_fd: int | None = None) -> list[str]:
     gate = [] if gate_fd is None else ["--gate-fd", str(gate_fd)]
-    return [sys.executable, "-m", SUPERVISOR_MODULE, "--state-dir", str(state_dir), "--pod", pod, *gate]
+    return [sys.executable, *SAFE_PATH, "-m", SUPERVISOR_MODULE, "--state-dir", str(state_dir), "--pod", pod, *gate]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from ipaddress import IPv4Address
 from meshns.errors import ValidationFailed
 from meshns.netns.child import run_in_netns
 from meshns.ports import INBOUND_SOURCE_IP, PROBE_PORT
+from meshns.trace import mark
 
 
 def expected_answer(direction: str, ip: IPv4Address, port: int = PROBE_PORT) -> str:
@@ -59,6 +60,7 @@ def validate(netns: str, pod_ip: IPv4Address, gateway: IPv4Address, timeout_s: f
             last = f"{'inbound' if out_ok else 'outbound'} probe failed: {exc}"
         if out_ok and in_ok:
             return
+        mark("sup:probe-retry")
         if time.monotonic() >= deadline:
             raise ValidationFailed(f"interception validation failed: {last}")
         # The sidecar was just configured and binds within tens of milliseconds: retry often (a

@@ -68,3 +68,9 @@ def test_trust_domain_read_matches_the_ca(tmp_path: Path) -> None:
     assert ca_trust_domain(ca_dir) is None
     CertAuthority.ensure(ca_dir, "example.org")
     assert ca_trust_domain(ca_dir) == CertAuthority.load(ca_dir).trust_domain == "example.org"
+
+
+def test_children_never_import_from_the_current_directory() -> None:
+    """-P: a `meshns` folder in the directory create was run from is not imported by root."""
+    cmd = supervisor.command(Path("/s"), "p")
+    assert cmd[1:4] == ["-P", "-m", supervisor.SUPERVISOR_MODULE]
