@@ -109,6 +109,7 @@ class CertAuthority:
         self._dir = ca_dir
         self._state = state
         self._files = CaFiles(ca_dir)
+        self._refreshed_at: tuple[int, int, int, int, int] | None = None  # ca.json as refresh last read it
 
     @staticmethod
     def exists(ca_dir: Path) -> bool:
@@ -241,11 +242,29 @@ class CertAuthority:
         return inter.not_after if inter is not None else math.inf
 
     def refresh(self) -> bool:
-        """Re-read ca.json (small; root files stay cached). True if the state changed."""
+        """Re-read ca.json (small; root files stay cached). True if the state changed.
+
+        Skipped when ca.json is the very file the last refresh read: every write replaces it whole
+        (a new inode, new times), so an unchanged stat means unchanged content. Each pod's
+        supervisor refreshes 4 times a second; taking the lock and parsing the file each time was
+        most of an idle supervisor's CPU, times the number of pods on the host."""
+        seen = self._stat_key()
+        if seen is not None and seen == self._refreshed_at:
+            return False
         with locked(self._dir, exclusive=False):
             old = self._state
+            # Taken under the lock, before the read: no writer can replace the file in between.
+            self._refreshed_at = self._stat_key()
             self._state = read_state(self._dir)
             return self._state != old
+
+    def _stat_key(self) -> tuple[int, int, int, int, int] | None:
+        """Which ca.json is there now (None if it cannot be told: the read will report why)."""
+        try:
+            st = os.stat(self._dir / STATE_FILE)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def bundle_pem(self, now: float | None = None) -> str:
         now = _now(now)

@@ -257,6 +257,33 @@ def test_changes_by_another_handle_are_seen(tmp_path: Path) -> None:
         mine.rotate_commit(now=T0)
 
 
+def test_refresh_reads_ca_json_only_when_it_was_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from meshns.mtls import ca as ca_mod
+
+    mine = CertAuthority.ensure(tmp_path / "ca", now=T0)
+    reads: list[Path] = []
+    real = ca_mod.read_state
+
+    def counting(ca_dir: Path) -> ca_mod.CaState:
+        reads.append(ca_dir)
+        return real(ca_dir)
+
+    monkeypatch.setattr(ca_mod, "read_state", counting)
+    assert mine.refresh() is False and len(reads) == 1  # the first refresh has nothing to compare with
+    assert mine.refresh() is False and mine.refresh() is False and len(reads) == 1
+    CertAuthority.load(tmp_path / "ca").rotate_begin(now=T0)
+    before = len(reads)
+    assert mine.refresh() is True and mine.generation == 2 and len(reads) == before + 1
+    # A rewrite with the same bytes is still a new file: read again (and nothing changed).
+    state = tmp_path / "ca" / "ca.json"
+    text = state.read_text()
+    tmp = state.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, state)
+    assert mine.refresh() is False and len(reads) == before + 2
+    assert mine.refresh() is False and len(reads) == before + 2
+
+
 def test_key_pem_is_unencrypted_pkcs8() -> None:
     pem = key_pem(new_key())
     assert pem.startswith("-----BEGIN PRIVATE KEY-----\n")
