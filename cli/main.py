@@ -59,7 +59,11 @@ def _mesh(ctx: click.Context, *, record: bool = False) -> Mesh:
     from meshns.mesh import Mesh
 
     req: ConfigRequest = ctx.obj
-    return Mesh.open(req, record=record)
+    mesh = Mesh.open(req, record=record)
+    # Closed when the command ends, not whenever the interpreter frees it: run() ends with
+    # os._exit, and only a closed last connection folds SQLite's WAL back into registry.db.
+    ctx.call_on_close(mesh.close)
+    return mesh
 
 
 # Commands defined in other modules, loaded when named (or when all are listed, for --help):
