@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
@@ -24,6 +23,7 @@ from meshns.cli.output import emit, table
 from meshns.cluster import hostfile, keys
 from meshns.errors import ConflictError, NotFoundError, SystemFailure, UserError
 from meshns.mesh import Mesh, require_root
+from meshns.netns.supervisor import module_argv
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 JOIN_WAIT_S = 30.0
@@ -49,7 +49,7 @@ def spawn_agent(state_dir: Path) -> subprocess.Popen[bytes]:
     hdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     logf = open(hdir / "agent.log", "ab")  # noqa: SIM115 - handed to the child
     try:
-        return subprocess.Popen([sys.executable, "-P", "-m", "meshns.cluster.agent", "--state-dir", str(state_dir)],
+        return subprocess.Popen(module_argv("meshns.cluster.agent", "--state-dir", str(state_dir)),
                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
                                 close_fds=True)
     finally:

@@ -11,11 +11,9 @@ Every sqlite3 error is mapped by meshns.statefs (locked, disk full, read-only, n
 
 from __future__ import annotations
 
-import atexit
 import json
 import sqlite3
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from ipaddress import IPv4Address
@@ -28,20 +26,6 @@ from meshns.registry import Allocator, ConfigKey, ConfigRow
 from meshns.statefs import registry_error
 
 T = TypeVar("T")
-
-# Registries still referenced when the process exits are closed by an exit handler, not left to
-# the interpreter's teardown: the CLI ends with os._exit after a success (meshns.cli.main.run;
-# its commands close their mesh when they end), and only a closed last connection checkpoints the
-# WAL into registry.db and removes it. Left behind, the next opener has to rebuild the WAL index
-# (which fails on a full disk) and registry.db alone is not the registry.
-_OPEN: weakref.WeakSet[SqliteRegistry] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_open_registries() -> None:
-    for reg in list(_OPEN):
-        with suppress(sqlite3.Error):
-            reg.close()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -110,7 +94,6 @@ class SqliteRegistry:
         except sqlite3.Error as exc:
             self._db.close()
             raise self._error(exc) from exc
-        _OPEN.add(self)
 
     def _has_schema(self) -> bool:
         marks = ",".join("?" * len(TABLES))
@@ -395,5 +378,4 @@ class SqliteRegistry:
         self._txn(txn)
 
     def close(self) -> None:
-        _OPEN.discard(self)
         self._db.close()

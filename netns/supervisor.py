@@ -67,11 +67,15 @@ IDENTITY_CHECK_S = 0.25
 # What meshns create writes on the gate pipe (--gate-fd) once the pod's rules are applied and
 # checked: the supervisor starts early, but the sidecar gets its config (and binds) only then.
 GATE_GO = b"go"
-# ``python -m`` puts the current directory first on sys.path: started from a directory that has a
-# ``meshns`` folder (a checkout of this repository, or anything a user left there), the
-# supervisor and the sidecar, both root at first, would run that code instead of the installed
-# one. -P (Python 3.11) leaves the current directory out.
-SAFE_PATH = ("-P",)
+
+
+def module_argv(module: str, *args: str) -> list[str]:
+    """``python -P -m module args``: every meshns process we start (supervisor, sidecar, host
+    agent) is started this way. ``python -m`` puts the current directory first on sys.path:
+    started from a directory that has a ``meshns`` folder (a checkout of this repository, or
+    anything a user left there), these processes, root at first, would run that code instead of
+    the installed one. -P (Python 3.11) leaves the current directory out."""
+    return [sys.executable, "-P", "-m", module, *args]
 
 
 def sidecar_stop_s(drain_timeout_s: float) -> float:
@@ -190,7 +194,7 @@ class Supervisor:
             config["snapshot_dir_fd"] = dir_fd
             enter = ["--enter-netns", self.netns] if early else []
             self.sidecar = subprocess.Popen(
-                [sys.executable, *SAFE_PATH, "-m", "meshns.dataplane", "--config", "-", *enter],
+                module_argv("meshns.dataplane", "--config", "-", *enter),
                 stdin=subprocess.PIPE, pass_fds=tuple(fds), close_fds=True,
                 # This process has one thread, so preexec_fn is safe here.
                 preexec_fn=self._early_preexec if early else self._sidecar_preexec,  # noqa: PLW1509
@@ -461,7 +465,7 @@ def _preload_after_spawn() -> None:
 
 def command(state_dir: Path, pod: str, gate_fd: int | None = None) -> list[str]:
     gate = [] if gate_fd is None else ["--gate-fd", str(gate_fd)]
-    return [sys.executable, *SAFE_PATH, "-m", SUPERVISOR_MODULE, "--state-dir", str(state_dir), "--pod", pod, *gate]
+    return module_argv(SUPERVISOR_MODULE, "--state-dir", str(state_dir), "--pod", pod, *gate)
 
 
 def main(argv: list[str] | None = None) -> int:
