@@ -15,7 +15,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from meshns.errors import SystemFailure
-from meshns.netns.child import netns_path, run_in_netns
+from meshns.netns.child import create_netns, netns_path, run_in_netns
 from meshns.netns.plan import ConfigurePod, CreateNetns, CreateVethPair, EnsureBridge, PodNetPlan, Step
 
 
@@ -36,7 +36,7 @@ def _apply_step(step: Step) -> None:
         case CreateNetns(name):
             if os.path.exists(netns_path(name)):
                 raise SystemFailure(f"network namespace {name} already exists")
-            netns.create(name)
+            create_netns(name)
         case CreateVethPair(host, peer, ns, bridge):
             with IPRoute() as ipr:
                 ipr.link("add", ifname=host, kind="veth", peer={"ifname": peer, "net_ns_fd": ns})
