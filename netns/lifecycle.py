@@ -133,7 +133,7 @@ def create(mesh: Mesh, name: str, spec: PodSpec, ready_timeout_s: float = 10.0) 
             crash_point("create:supervisor-started")
             from meshns.netns import apply
 
-            mark("create:pyroute2-imported")
+            mark("create:apply-imported")
             with mesh.locked():
                 apply.ensure_bridge(mesh.cfg.bridge, ipam.gateway_interface(mesh.cfg.pod_cidr))
                 crash_point("create:bridge-ready")

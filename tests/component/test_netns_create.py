@@ -31,3 +31,10 @@ def test_create_enter_and_delete() -> None:
     finally:
         delete_netns(name)
     assert not os.path.exists(netns_path(name))
+
+
+def test_ip_batch_stops_at_a_failing_command_with_ips_message() -> None:
+    from meshns.netns.apply import IpError, ip_batch
+
+    with pytest.raises(IpError, match="mnstest-none"):
+        ip_batch(["link show dev lo", "link set mnstest-none up", "link show dev lo"])
