@@ -65,8 +65,11 @@ def _apply_step(step: Step) -> None:
 def ip_batch(commands: list[str]) -> None:
     """Run ``ip`` commands (without the leading ``ip``) in one ``ip -batch`` process, in the
     caller's network namespace; the first failing one stops it and raises SystemFailure."""
-    done = subprocess.run(["ip", "-batch", "-"], input="\n".join(commands) + "\n", capture_output=True,
-                          text=True, check=False)
+    try:
+        done = subprocess.run(["ip", "-batch", "-"], input="\n".join(commands) + "\n", capture_output=True,
+                              text=True, check=False, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise IpError(f"cannot run ip (iproute2): {exc}") from exc
     if done.returncode != 0:
         why = " ".join(done.stderr.split()) or f"exit status {done.returncode}"
         raise IpError(f"ip: {why} (commands: {'; '.join(commands)})")
