@@ -6,6 +6,11 @@ Not the hot path, so it uses h11 (strict, sans-I/O) and answers one request per 
 operations (/stats/prometheus, /config_dump, /clusters, /certs, /logging, POST /drain) are
 callbacks the server fills in (``AdminOps``), absent ones answer 404. The same protocol serves
 the metrics listener on the pod address with ``metrics_route`` (Prometheus text only).
+
+h11 is imported by the protocol's methods, so at the first admin connection rather than at
+start: a pod being created waits for the sidecar's imports, and nothing asks the admin endpoint
+anything before the sidecar is ready (the supervisor learns that from the ready pipe). The
+sidecar's main checks at start that h11 is installed.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, cast
-
-import h11
+from typing import TYPE_CHECKING, Final, cast
 
 from meshns.dataplane.stats import Stats
+
+if TYPE_CHECKING:
+    import h11
 
 log = logging.getLogger("meshns.dataplane.admin")
 
@@ -199,9 +205,11 @@ Router = Callable[[bytes, bytes, AdminState], Reply]
 
 class AdminProtocol(asyncio.Protocol):
     def __init__(self, state: AdminState, router: Router = route) -> None:
+        import h11  # noqa: PLC0415 - at the first admin connection (module docstring)
+
         self.state = state
         self.router = router
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+        self.conn: h11.Connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
 
@@ -223,6 +231,8 @@ class AdminProtocol(asyncio.Protocol):
         return None
 
     def _advance(self) -> None:
+        import h11  # noqa: PLC0415 - loaded by __init__ already: a lookup
+
         try:
             event = self.conn.next_event()
         except h11.RemoteProtocolError as exc:
@@ -237,6 +247,8 @@ class AdminProtocol(asyncio.Protocol):
         # close, which is allowed for a server and keeps this endpoint stateless.
 
     def _reply(self, reply: Reply, *, head: bool) -> None:
+        import h11  # noqa: PLC0415 - loaded by __init__ already: a lookup
+
         status, ctype, body = reply
         headers = [
             ("content-type", ctype),

@@ -3,32 +3,30 @@ own health, in a registry of its own (tests run several sidecars in one process)
 
 Hot-path cost is kept to one dict lookup and a few in-place adds per request. The request metrics
 are series objects (``HttpSeries``) cached per label-value tuple and holding plain ints (count,
-per-bucket counts found by bisect, sums); ``HttpCollector`` turns them into Prometheus counter and
-histogram families at scrape time. prometheus_client's own Histogram.observe (a lock and a
-Python loop over the bounds, three histograms per request) cost about a quarter of the outbound
-request rate in one (noisy) run of a small-GET loop; the plain-int series are within noise. TCP
-byte counts are plain ints on the connection (``TcpObs``), moved into the counters in deltas when
-the connection closes and at each scrape, so the byte path never touches a lock. Health metrics
-(retries, ejections, breaker overflows, snapshot version...) are read from the counters the data
-path keeps anyway, at scrape time only (``HealthCollector``). Text is made by ``generate_latest``
-per scrape, never ahead.
+per-bucket counts found by bisect, sums); TCP connections are counted the same way (``TcpChildren``,
+plain ints per label-value tuple; the byte counts are plain ints on the connection, ``TcpObs``,
+moved into the children in deltas when the connection closes and at each scrape, so the byte path
+never touches a lock). prometheus_client's own Histogram.observe (a lock and a Python loop over the
+bounds, three histograms per request) cost about a quarter of the outbound request rate in one
+(noisy) run of a small-GET loop; the plain-int series are within noise.
+
+This module does not import prometheus_client: the text is made per scrape, never ahead, by
+``meshns.dataplane.exposition`` (the collectors that turn these numbers into Prometheus families,
+and the registry), which is imported at the first scrape. prometheus_client's import (with its
+exposition stack: http.server, wsgiref, urllib) was about a third of the sidecar's imports, and a
+pod being created waits for those; a sidecar nobody scrapes never pays for it. ``main`` checks at
+start that the package is installed, so a missing one fails the pod's start, not its first scrape.
 """
 
 from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.gc_collector import GCCollector
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
-
-from meshns.dataplane.labels import HTTP_LABELS, TCP_LABELS, HttpLabels, Peers, TcpLabels
+from meshns.dataplane.labels import HttpLabels, Peers, TcpLabels
 
 # Istio's default buckets (milliseconds, and bytes).
 DURATION_BUCKETS_MS: Final = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
@@ -56,45 +54,19 @@ class HttpSeries:
         self.response_bytes_sum = 0
 
 
-def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
-    out, total = [], 0
-    for bound, n in zip((*map(float, bounds), float("inf")), counts, strict=True):
-        total += n
-        out.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
-    return out
-
-
-class HttpCollector:
-    def __init__(self, series: dict[HttpLabels, HttpSeries]) -> None:
-        self.series = series
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        names = list(HTTP_LABELS)
-        req = CounterMetricFamily("istio_requests", "Requests.", labels=names)
-        dur = HistogramMetricFamily("istio_request_duration_milliseconds", "Request duration (ms).",
-                                    labels=names)
-        reqb = HistogramMetricFamily("istio_request_bytes", "Request body sizes.", labels=names)
-        respb = HistogramMetricFamily("istio_response_bytes", "Response body sizes.", labels=names)
-        for labels, s in list(self.series.items()):
-            values = list(labels)
-            req.add_metric(values, s.requests)
-            dur.add_metric(values, _cumulative(DURATION_BUCKETS_MS, s.duration), s.duration_sum)
-            reqb.add_metric(values, _cumulative(BYTES_BUCKETS, s.request_bytes), s.request_bytes_sum)
-            respb.add_metric(values, _cumulative(BYTES_BUCKETS, s.response_bytes), s.response_bytes_sum)
-        yield from (req, dur, reqb, respb)
-
-
 class TcpChildren:
-    __slots__ = ("closed", "opened", "received", "sent")
+    """The TCP counters of one label-value tuple (what prometheus_client's labelled Counter
+    children held before): plain numbers, and when the tuple was first seen, which the scrape
+    reports as the counters' ``_created`` samples, as Counter does."""
 
-    def __init__(self, m: Metrics, labels: TcpLabels) -> None:
-        self.sent = m.tcp_sent.labels(*labels)
-        self.received = m.tcp_received.labels(*labels)
-        self.opened = m.tcp_opened.labels(*labels)
-        self.closed = m.tcp_closed.labels(*labels)
+    __slots__ = ("closed", "created", "opened", "received", "sent")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.received = 0
+        self.opened = 0
+        self.closed = 0
+        self.created = time.time()
 
 
 class TcpObs:
@@ -122,10 +94,10 @@ class TcpObs:
         if ch is None:
             return
         if self.received != self.reported_received:
-            ch.received.inc(self.received - self.reported_received)
+            ch.received += self.received - self.reported_received
             self.reported_received = self.received
         if self.sent != self.reported_sent:
-            ch.sent.inc(self.sent - self.reported_sent)
+            ch.sent += self.sent - self.reported_sent
             self.reported_sent = self.sent
 
 
@@ -140,90 +112,33 @@ class Health:
     services: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
 
 
-_SERVICE_COUNTERS: Final = (
-    ("meshns_retries", "Retries made, per destination service."),
-    ("meshns_ejections", "Endpoints ejected by outlier detection, per destination service."),
-    ("meshns_breaker_overflows", "Requests refused by the circuit breaker (503 UO)."),
-    ("meshns_retry_budget_exhausted", "Retries that were due but refused by the retry budget."),
-)
-
-
-class HealthCollector:
-    def __init__(self, read: Callable[[], Health]) -> None:
-        self.read = read
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        h = self.read()
-        for i, (name, doc) in enumerate(_SERVICE_COUNTERS):
-            fam = CounterMetricFamily(name, doc, labels=["destination_service"])
-            for svc in sorted(h.services):
-                fam.add_metric([svc], h.services[svc][i])
-            yield fam
-        yield GaugeMetricFamily("meshns_config_version", "Version of the snapshot in use.",
-                                value=h.config_version)
-        yield CounterMetricFamily("meshns_snapshot_reloads", "Snapshots swapped in.",
-                                  value=h.snapshot_reloads)
-        yield GaugeMetricFamily("meshns_connections_active", "Downstream connections open now.",
-                                value=h.connections_active)
-
-
-class RefusalCollector:
-    """``meshns_http_bad_requests_total{listener,code}``: requests the sidecar refused itself
-    (malformed, too large, too slow), per HTTP/1 listener and status. Plain ints bumped by the
-    refusal path (``http1.refuse``), turned into a counter family at scrape time."""
-
-    def __init__(self, counts: dict[tuple[str, int], int]) -> None:
-        self.counts = counts
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        fam = CounterMetricFamily("meshns_http_bad_requests", "Requests refused by the sidecar, per status.",
-                                  labels=["listener", "code"])
-        for (listener, code), n in sorted(self.counts.items()):
-            fam.add_metric([listener, str(code)], n)
-        yield fam
-
-
 class Metrics:
-    def __init__(self, health: Callable[[], Health] | None = None, *, process: bool = True) -> None:
-        r = self.registry = CollectorRegistry(auto_describe=False)
-        self._http: dict[HttpLabels, HttpSeries] = {}
-        r.register(HttpCollector(self._http))
-        self._refused: dict[tuple[str, int], int] = {}
-        r.register(RefusalCollector(self._refused))
-        self.tcp_sent = Counter("istio_tcp_sent_bytes", "Bytes sent to the client (TCP).",
-                                TCP_LABELS, registry=r)
-        self.tcp_received = Counter("istio_tcp_received_bytes", "Bytes received from the client (TCP).",
-                                    TCP_LABELS, registry=r)
-        self.tcp_opened = Counter("istio_tcp_connections_opened", "TCP connections opened.",
-                                  TCP_LABELS, registry=r)
-        self.tcp_closed = Counter("istio_tcp_connections_closed", "TCP connections closed.",
-                                  TCP_LABELS, registry=r)
-        if health is not None:
-            r.register(HealthCollector(health))
-        if process:
-            ProcessCollector(registry=r)
-            PlatformCollector(registry=r)
-            GCCollector(registry=r)
-        self._tcp: dict[TcpLabels, TcpChildren] = {}
+    """The numbers the data path keeps. ``health``: read at each scrape; ``process``: the
+    process, platform and GC collectors of prometheus_client; ``tasks``: the event loop's tasks
+    (``meshns_asyncio_tasks``)."""
+
+    def __init__(self, health: Callable[[], Health] | None = None, *, process: bool = True,
+                 tasks: bool = False) -> None:
+        self.health = health
+        self.process = process
+        self.tasks = tasks
+        self.http: dict[HttpLabels, HttpSeries] = {}
+        self.refused: dict[tuple[str, int], int] = {}
+        self.tcp: dict[TcpLabels, TcpChildren] = {}
         self.tcp_live: set[TcpObs] = set()
+        self._scrape: Callable[[], bytes] | None = None
 
     def http_series(self, labels: HttpLabels) -> HttpSeries:
-        s = self._http.get(labels)
+        s = self.http.get(labels)
         if s is None:
-            s = self._http[labels] = HttpSeries()
+            s = self.http[labels] = HttpSeries()
         return s
 
     def observe_http(self, labels: HttpLabels, duration_ms: float, request_bytes: int,
                      response_bytes: int) -> None:
-        s = self._http.get(labels)
+        s = self.http.get(labels)
         if s is None:
-            s = self._http[labels] = HttpSeries()
+            s = self.http[labels] = HttpSeries()
         s.requests += 1
         s.duration[_bisect(DURATION_BUCKETS_MS, duration_ms)] += 1
         s.duration_sum += duration_ms
@@ -234,23 +149,23 @@ class Metrics:
 
     def bad_request(self, listener: str, code: int) -> None:
         key = (listener, code)
-        self._refused[key] = self._refused.get(key, 0) + 1
+        self.refused[key] = self.refused.get(key, 0) + 1
 
     def tcp_children(self, labels: TcpLabels) -> TcpChildren:
-        ch = self._tcp.get(labels)
+        ch = self.tcp.get(labels)
         if ch is None:
-            ch = self._tcp[labels] = TcpChildren(self, labels)
+            ch = self.tcp[labels] = TcpChildren()
         return ch
 
     def tcp_open(self, obs: TcpObs) -> None:
         if obs.children is not None:
-            obs.children.opened.inc()
+            obs.children.opened += 1
             self.tcp_live.add(obs)
 
     def tcp_close(self, obs: TcpObs) -> None:
         obs.flush()
         if obs.children is not None:
-            obs.children.closed.inc()
+            obs.children.closed += 1
             self.tcp_live.discard(obs)
 
     def flush_live(self) -> None:
@@ -258,5 +173,10 @@ class Metrics:
             obs.flush()
 
     def exposition(self) -> bytes:
+        """The Prometheus text of every metric now (the registry is made at the first call)."""
         self.flush_live()
-        return generate_latest(self.registry)
+        if self._scrape is None:
+            from meshns.dataplane import exposition  # noqa: PLC0415 - prometheus_client, at the first scrape
+
+            self._scrape = exposition.scraper(self)
+        return self._scrape()

@@ -11,13 +11,9 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterator
 from typing import Protocol
 
-from prometheus_client.core import GaugeMetricFamily, Metric
-
 from meshns.dataplane import accesslog
-from meshns.dataplane.admin import running_tasks
 from meshns.dataplane.config import SidecarConfig
 from meshns.dataplane.labels import (
     PeerIndex,
@@ -127,20 +123,6 @@ class Observer:
                 attempts=r.tries, duration_ms=duration_ms, request_bytes=r.req_body_bytes,
                 response_bytes=r.resp_body_bytes, request_id=r.request_id,
                 upstream_host=r.upstream_host))
-
-
-class TasksCollector:
-    """``meshns_asyncio_tasks``: the event loop's tasks at scrape time, next to prometheus-client's
-    process_open_fds and process_resident_memory_bytes (the registry's ProcessCollector), so a
-    leak of tasks shows on the same dashboard as a leak of descriptors or memory."""
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        tasks = running_tasks()
-        if tasks is not None:
-            yield GaugeMetricFamily("meshns_asyncio_tasks", "Tasks of the sidecar's event loop.", value=tasks)
 
 
 def peername_of(transport: object) -> str:

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import importlib.util
 import logging
 import os
 import random
@@ -37,7 +38,7 @@ from meshns.dataplane.http1.inbound import take_over_inbound
 from meshns.dataplane.http1.parser import parser_kit
 from meshns.dataplane.mesh_connect import MeshConnector
 from meshns.dataplane.metrics import Health, Metrics
-from meshns.dataplane.observe import Observer, TasksCollector
+from meshns.dataplane.observe import Observer
 from meshns.dataplane.origdst import OriginalDstResolver, SockoptResolver
 from meshns.dataplane.relay import RelayContext
 from meshns.dataplane.snapshots import SnapshotStore
@@ -54,6 +55,11 @@ LISTEN_BACKLOG: Final = 1024
 DRAIN_POLL_S: Final = 0.05
 # What the sidecar writes on its ready pipe (config.ready_fd) once it accepts on every listener.
 READY_LINE: Final = b"ready\n"
+# Packages the sidecar imports only when first used, not at start (a pod being created waits for
+# the start-up imports): prometheus_client at the first scrape (metrics.py), h11 at the first
+# admin connection (admin.py). main checks they are installed, so a missing one stops the sidecar
+# at start, and with it the pod's create, rather than failing a scrape later.
+LATER_IMPORTS: Final = ("prometheus_client", "h11")
 
 
 class Sidecar:
@@ -76,8 +82,7 @@ class Sidecar:
         if connector is None:
             connector = MeshConnector(self.store, self.tls, self.stats, config.tls_handshake_timeout_s)
         mark("sc:sidecar-init")
-        self.metrics = Metrics(self._health)
-        self.metrics.registry.register(TasksCollector())
+        self.metrics = Metrics(self._health, tasks=True)
         self.obs = Observer(config, self.store, self.metrics)
         self.ctx = RelayContext(config, self.stats, resolver or SockoptResolver(), connector, self.obs)
         # One random source per sidecar (balancing, weights, faults, jitter); tests pass a seeded one.
@@ -330,9 +335,21 @@ def setup_logging(level: str) -> None:
     accesslog.install_handler()
 
 
+def missing_packages(names: Sequence[str]) -> list[str]:
+    """Those of ``names`` that cannot be imported (found without importing them)."""
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m meshns.dataplane --config FILE``; returns the process exit code."""
     import uvloop  # noqa: PLC0415 - only the process entry point needs the event loop policy
+
+    missing = missing_packages(LATER_IMPORTS)
+    if missing:
+        err = SystemFailure(f"python package(s) not installed: {', '.join(missing)} (the sidecar's metrics and "
+                            "admin endpoints need them)")
+        print(f"meshns sidecar: {err}", file=sys.stderr)
+        return err.exit_code
 
     parser = argparse.ArgumentParser(prog="python -m meshns.dataplane", description="meshns sidecar")
     parser.add_argument("--config", required=True, help="sidecar config JSON file")

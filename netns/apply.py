@@ -1,31 +1,50 @@
-"""Executes a PodNetPlan with netlink (pyroute2), and tears a pod's network down again.
+"""Executes a PodNetPlan with iproute2's ``ip`` (the commands ``meshns create --dry-run`` prints),
+and tears a pod's network down again (pyroute2).
 
 Only this module and netns.teardown touch the kernel's links and namespaces. Every step is
 idempotent (an object that already exists in the wanted shape is left alone), so a retried
-create or a gc after a crash can run the same code. Netlink errors are mapped to SystemFailure
-naming the step that failed; the caller rolls back.
+create or a gc after a crash can run the same code. Errors are mapped to SystemFailure naming
+the step that failed; the caller rolls back.
+
+Why ``ip`` and not pyroute2 for create's steps: pyroute2's package imports all of its modules
+(conntrack, ipdb, ndb, wireguard, nl80211...), 150-230 ms of CPU, and create waited for that
+before its first step; a step's commands go to one ``ip -batch`` process (a few ms), which stops
+at the first failing command. The teardown helpers still use pyroute2, imported when they run
+(delete and gc, not create's path to the gate).
 """
 
 from __future__ import annotations
 
 import os
-from ipaddress import IPv4Address, IPv4Interface
-
-from pyroute2 import IPRoute, netns
-from pyroute2.netlink.exceptions import NetlinkError
+import subprocess
+from ipaddress import IPv4Interface
 
 from meshns.errors import SystemFailure
-from meshns.netns.child import netns_path, run_in_netns
-from meshns.netns.plan import ConfigurePod, CreateNetns, CreateVethPair, EnsureBridge, PodNetPlan, Step
+from meshns.netns.child import create_netns, netns_path, run_in_netns
+from meshns.netns.plan import (
+    ConfigurePod,
+    CreateNetns,
+    CreateVethPair,
+    EnsureBridge,
+    PodNetPlan,
+    Step,
+    bridge_commands,
+    inside_commands,
+    veth_commands,
+)
+
+SYS_CLASS_NET = "/sys/class/net"
+
+
+class IpError(SystemFailure):
+    """An ``ip`` command failed (its message is ip's own)."""
 
 
 def apply_plan(plan: PodNetPlan) -> None:
     for step in plan.steps:
         try:
             _apply_step(step)
-        except NetlinkError as exc:
-            raise SystemFailure(f"{type(step).__name__} failed: {exc.args[-1]} (errno {exc.code})") from exc
-        except OSError as exc:
+        except (IpError, OSError) as exc:
             raise SystemFailure(f"{type(step).__name__} failed: {exc}") from exc
 
 
@@ -36,61 +55,59 @@ def _apply_step(step: Step) -> None:
         case CreateNetns(name):
             if os.path.exists(netns_path(name)):
                 raise SystemFailure(f"network namespace {name} already exists")
-            netns.create(name)
-        case CreateVethPair(host, peer, ns, bridge):
-            with IPRoute() as ipr:
-                ipr.link("add", ifname=host, kind="veth", peer={"ifname": peer, "net_ns_fd": ns})
-                idx = ipr.link_lookup(ifname=host)[0]
-                master = ipr.link_lookup(ifname=bridge)[0]
-                ipr.link("set", index=idx, master=master, state="up")
+            create_netns(name)
+        case CreateVethPair():
+            ip_batch(veth_commands(step))
         case ConfigurePod():
-            run_in_netns(step.netns, _configure_inside, step.ifname, step.address, step.gateway, step.mac)
+            run_in_netns(step.netns, _configure_inside, step)
+
+
+def ip_batch(commands: list[str]) -> None:
+    """Run ``ip`` commands (without the leading ``ip``) in one ``ip -batch`` process, in the
+    caller's network namespace; the first failing one stops it and raises SystemFailure."""
+    try:
+        done = subprocess.run(["ip", "-batch", "-"], input="\n".join(commands) + "\n", capture_output=True,
+                              text=True, check=False, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise IpError(f"cannot run ip (iproute2): {exc}") from exc
+    if done.returncode != 0:
+        why = " ".join(done.stderr.split()) or f"exit status {done.returncode}"
+        raise IpError(f"ip: {why} (commands: {'; '.join(commands)})")
+
+
+def _link_present(name: str) -> bool:
+    return os.path.exists(os.path.join(SYS_CLASS_NET, name))
 
 
 def ensure_bridge(name: str, address: IPv4Interface) -> None:
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=name)
-        if not found:
-            try:
-                ipr.link("add", ifname=name, kind="bridge")
-            except NetlinkError as exc:
-                if exc.code != 17:  # EEXIST: a concurrent create made it first
-                    raise
-            found = ipr.link_lookup(ifname=name)
-        idx = found[0]
-        have = {
-            (a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=2)
-        }
-        if (str(address.ip), address.network.prefixlen) not in have:
-            try:
-                ipr.addr("add", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen)
-            except NetlinkError as exc:
-                if exc.code != 17:
-                    raise
-        ipr.link("set", index=idx, state="up")
+    if not _link_present(name):
+        try:
+            ip_batch([f"link add name {name} type bridge"])
+        except IpError:
+            if not _link_present(name):  # else a concurrent create made it first
+                raise
+    ip_batch(bridge_commands(name, address))
 
 
-def _configure_inside(ifname: str, address: IPv4Interface, gw: IPv4Address, mac: str) -> None:
+def _configure_inside(step: ConfigurePod) -> None:
     for key in ("all", "default"):
         with open(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6", "w") as f:
             f.write("1")
-    with IPRoute() as ipr:
-        lo = ipr.link_lookup(ifname="lo")[0]
-        ipr.link("set", index=lo, state="up")
-        idx = ipr.link_lookup(ifname=ifname)[0]
-        ipr.link("set", index=idx, address=mac)
-        ipr.addr("add", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen)
-        ipr.link("set", index=idx, state="up")
-        ipr.route("add", dst="default", gateway=str(gw), oif=idx)
+    ip_batch(inside_commands(step))  # this child is in the pod's namespace, and so is its ip
 
 
 def link_exists(name: str) -> bool:
+    from pyroute2 import IPRoute  # noqa: PLC0415 - delete and gc only (module docstring)
+
     with IPRoute() as ipr:
         return bool(ipr.link_lookup(ifname=name))
 
 
 def delete_link(name: str) -> None:
     """Delete a link if present (deleting one end of a veth pair deletes both)."""
+    from pyroute2 import IPRoute  # noqa: PLC0415 - delete and gc only (module docstring)
+    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+
     with IPRoute() as ipr:
         for idx in ipr.link_lookup(ifname=name):
             try:
@@ -101,6 +118,8 @@ def delete_link(name: str) -> None:
 
 
 def delete_netns(name: str) -> None:
+    from pyroute2 import netns  # noqa: PLC0415 - delete and gc only (module docstring)
+
     if os.path.exists(netns_path(name)):
         try:
             netns.remove(name)
@@ -109,6 +128,8 @@ def delete_netns(name: str) -> None:
 
 
 def bridge_ports(bridge: str) -> list[str]:
+    from pyroute2 import IPRoute  # noqa: PLC0415 - delete and gc only (module docstring)
+
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=bridge)
         if not found:

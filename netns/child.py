@@ -53,6 +53,53 @@ def run_in_netns(name: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwarg
     Exceptions raised in the child are re-raised in the parent (the same type when it can be
     pickled, else SystemFailure with the child's traceback text).
     """
+
+    def inside() -> T:
+        enter_netns(name)
+        return fn(*args, **kwargs)
+
+    return _in_child(f"in namespace {name!r}", inside)
+
+
+# mount(2) flags, as in <sys/mount.h>
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_SHARED = 1 << 20
+
+
+def create_netns(name: str) -> None:
+    """``ip netns add name``: a new network namespace, pinned by a bind mount at
+    /run/netns/<name>. The unshare happens in a forked child (it moves the calling thread for
+    good). pyroute2's netns.create does the same through a multiprocessing child, which took
+    about 25 ms of each create's wall time (this: about 3 ms). The steps are iproute2's, as
+    pyroute2 ported them: /run/netns made a shared mount (bound onto itself first if it is not a
+    mount point), so the pin shows in every mount namespace; then the mount point file."""
+    os.makedirs(NETNS_RUN_DIR, exist_ok=True)
+    run_dir = NETNS_RUN_DIR.encode()
+    if _libc.mount(b"", run_dir, b"none", MS_SHARED | MS_REC, None) != 0:
+        if _libc.mount(run_dir, run_dir, b"none", MS_BIND | MS_REC, None) != 0:
+            _raise_errno(f"mount --bind {NETNS_RUN_DIR}")
+        if _libc.mount(b"", run_dir, b"none", MS_SHARED | MS_REC, None) != 0:
+            _raise_errno(f"mount --make-rshared {NETNS_RUN_DIR}")
+    path = netns_path(name)
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    _in_child(f"creating namespace {name!r}", lambda: _unshare_and_pin(path))
+
+
+def _unshare_and_pin(path: str) -> None:
+    if _libc.unshare(CLONE_NEWNET) != 0:
+        _raise_errno("unshare(CLONE_NEWNET)")
+    if _libc.mount(b"/proc/self/ns/net", path.encode(), b"none", MS_BIND, None) != 0:
+        _raise_errno(f"mount --bind /proc/self/ns/net {path}")
+
+
+def _raise_errno(what: str) -> None:
+    err = ctypes.get_errno()
+    raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _in_child(label: str, fn: Callable[[], T]) -> T:
+    """``fn()`` in a forked child; its result or exception comes back pickled over a pipe."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
@@ -60,8 +107,7 @@ def run_in_netns(name: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwarg
         try:
             os.close(read_fd)
             try:
-                enter_netns(name)
-                payload: tuple[bool, object] = (True, fn(*args, **kwargs))
+                payload: tuple[bool, object] = (True, fn())
             except BaseException as exc:
                 status = 1
                 try:
@@ -78,7 +124,7 @@ def run_in_netns(name: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwarg
         data = inp.read()
     _, wait_status = os.waitpid(pid, 0)
     if not data:
-        raise SystemFailure(f"child in namespace {name!r} died (wait status {wait_status})")
+        raise SystemFailure(f"child {label} died (wait status {wait_status})")
     ok, value = pickle.loads(data)  # noqa: S301 - our own child, over our own pipe
     if ok:
         return value  # type: ignore[no-any-return]

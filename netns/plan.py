@@ -82,6 +82,31 @@ def plan_pod_network(cfg: MeshConfig, pod: str, ip: IPv4Address, netns: str, vet
     )
 
 
+# What netns.apply gives ``ip -batch`` for a step (the commands without the leading "ip"). The
+# bridge itself is added only when missing (apply checks); the address is "replace"d, which
+# leaves an address already there as it is.
+def bridge_commands(name: str, address: IPv4Interface) -> list[str]:
+    return [f"addr replace {address} dev {name}", f"link set {name} up"]
+
+
+def veth_commands(step: CreateVethPair) -> list[str]:
+    return [
+        f"link add name {step.host} type veth peer name {step.peer} netns {step.netns}",
+        f"link set {step.host} master {step.bridge} up",
+    ]
+
+
+def inside_commands(step: ConfigurePod) -> list[str]:
+    """Run inside the pod's namespace (after its IPv6 is turned off)."""
+    return [
+        "link set lo up",
+        f"link set {step.ifname} address {step.mac}",
+        f"addr add {step.address} dev {step.ifname}",
+        f"link set {step.ifname} up",
+        f"route add default via {step.gateway} dev {step.ifname}",
+    ]
+
+
 def render_step(step: Step) -> list[str]:
     match step:
         case EnsureBridge(name, address):

@@ -71,8 +71,10 @@ def ca_trust_domain(ca_dir: Path) -> str | None:
         return read_state(Path(ca_dir)).trust_domain
 
 
-def publish(mesh: Mesh) -> list[str]:
-    """Rewrite every pod's hosts file and snapshot; returns compile warnings."""
+def publish(mesh: Mesh, only: str | None = None) -> list[str]:
+    """Rewrite every pod's hosts file and snapshot; returns compile warnings. With ``only``, that
+    pod's two files alone, as they would be written for every pod now (create's first publish,
+    before the new pod's sidecar starts: see lifecycle._build)."""
     # The compiler (the Istio parsers, the snapshot model) is only needed here.
     from meshns.compiler import compile_services, pod_security, security_for, snapshot_for, stored_docs, workloads_of
 
@@ -90,11 +92,12 @@ def publish(mesh: Mesh) -> list[str]:
         revoked = reg.list_revoked()
         compiled, warnings = compile_services(services, everyone, docs, sec)
         workloads = workloads_of(everyone, sec)
+        targets = pods if only is None else [p for p in pods if p.name == only]
         staged: list[tuple[Path, Path]] = []
         memo: dict[int, object] = {}  # every pod's snapshot shares the services and workloads
         try:
             with state_writes(mesh.cfg.state_dir, "writing the pods' snapshots"):
-                for pod in pods:
+                for pod in targets:
                     pod_dir = mesh.cfg.pod_dir(pod.name)
                     if pod_dir.is_dir():
                         snap = snapshot_for(pod.name, generation, compiled, workloads,
@@ -102,7 +105,7 @@ def publish(mesh: Mesh) -> list[str]:
                         path = pod_dir / SNAPSHOT_FILE
                         staged.append((_stage(path, snap.to_json(memo)), path))
             hosts = hosts_text(pods, services, remote)
-            for pod in pods:
+            for pod in targets:
                 files.write_hosts(pod.netns, hosts)
         except BaseException:
             for tmp, _ in staged:

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from meshns.dataplane.admin import AdminState, parse_proc_status, process_section, route
-from meshns.dataplane.observe import TasksCollector
+from meshns.dataplane.exposition import TasksCollector
 from meshns.dataplane.stats import Stats
 
 

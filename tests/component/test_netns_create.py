@@ -1,0 +1,40 @@
+"""create_netns pins a fresh network namespace as `ip netns add` does (the mount point under
+/run/netns, a shared mount), without pyroute2's multiprocessing child; delete_netns removes it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from meshns.netns.apply import delete_netns
+from meshns.netns.child import create_netns, netns_path, run_in_netns
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")
+
+
+def _ns_id() -> str:
+    return os.readlink("/proc/self/ns/net")
+
+
+def test_create_enter_and_delete() -> None:
+    name = f"mnstest-create-{os.getpid()}"
+    try:
+        create_netns(name)
+        assert name in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        inside = run_in_netns(name, _ns_id)
+        assert inside != _ns_id()
+        assert run_in_netns(name, _ns_id) == inside  # the pin holds the same namespace
+        with pytest.raises(FileExistsError):
+            create_netns(name)
+    finally:
+        delete_netns(name)
+    assert not os.path.exists(netns_path(name))
+
+
+def test_ip_batch_stops_at_a_failing_command_with_ips_message() -> None:
+    from meshns.netns.apply import IpError, ip_batch
+
+    with pytest.raises(IpError, match="mnstest-none"):
+        ip_batch(["link show dev lo", "link set mnstest-none up", "link show dev lo"])
