@@ -8,6 +8,7 @@ enters the namespace, runs the function, sends back the pickled result or except
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import pickle
@@ -83,7 +84,14 @@ def create_netns(name: str) -> None:
             _raise_errno(f"mount --make-rshared {NETNS_RUN_DIR}")
     path = netns_path(name)
     os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
-    _in_child(f"creating namespace {name!r}", lambda: _unshare_and_pin(path))
+    try:
+        _in_child(f"creating namespace {name!r}", lambda: _unshare_and_pin(path))
+    except BaseException:
+        # Not pinned: the empty mount point alone would read as "namespace already exists" to
+        # the next create of that name (the child only fails before its bind mount succeeds).
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
 
 
 def _unshare_and_pin(path: str) -> None:

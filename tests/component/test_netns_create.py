@@ -38,3 +38,20 @@ def test_ip_batch_stops_at_a_failing_command_with_ips_message() -> None:
 
     with pytest.raises(IpError, match="mnstest-none"):
         ip_batch(["link show dev lo", "link set mnstest-none up", "link show dev lo"])
+
+
+def test_a_failed_pin_leaves_no_mount_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    from meshns.netns import child
+
+    name = f"mnstest-fail-{os.getpid()}"
+
+    def refuse(path: str) -> None:
+        raise OSError(1, "refused for the test")
+
+    monkeypatch.setattr(child, "_unshare_and_pin", refuse)
+    try:
+        with pytest.raises(OSError, match="refused for the test"):
+            create_netns(name)
+        assert not os.path.exists(netns_path(name))
+    finally:
+        delete_netns(name)
