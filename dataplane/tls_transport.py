@@ -270,9 +270,9 @@ class TlsStream(asyncio.BufferedProtocol):
             if len(chunk) > SLICE:
                 self._write_sliced(chunk)
             else:
+                if self.outgoing.pending + len(chunk) > SLICE:
+                    self._flush()  # the BIO holds a slice at most (see SLICE)
                 self.sslobj.write(chunk)
-                if self.outgoing.pending >= SLICE:
-                    self._flush()
         self._flush()
 
     def _write_sliced(self, data: bytes | bytearray | memoryview) -> None:
