@@ -21,8 +21,18 @@ import contextlib
 import ssl
 from typing import Any, Final, cast
 
-READ_SIZE: Final = 256 * 1024
 JOIN_LIMIT: Final = 16 * 1024  # a TLS record's plaintext limit: joined chunks still fit one record
+RECORD: Final = 16 * 1024  # what one SSLObject.read returns at most (one record's plaintext)
+# How much crosses a memory BIO at once, both ways. A MemoryBIO keeps the largest buffer it ever
+# held until the connection closes (OpenSSL's BUF_MEM grows and never shrinks), and pooled
+# connections between sidecars live for minutes: fed 256 KiB at a time, every connection that once
+# carried a long body kept ~350 KiB in a BIO, and each bulk phase left the sidecar a few MB
+# larger. With this bound a BIO stays near 85 KiB. Raw reads are this size too (a BufferedProtocol
+# into one buffer per process: no bytes object per read), and decrypted records are handed on
+# joined, up to this much per data_received (fewer calls up the stack than one per record).
+SLICE: Final = 64 * 1024
+_RAW_BUF: Final = memoryview(bytearray(SLICE))  # each read is fed to a BIO before the next
+_PLAIN_BUF: Final = memoryview(bytearray(SLICE))  # filled and copied out within one _read
 
 
 def _closed_sslobject() -> ssl.SSLObject:
@@ -35,7 +45,7 @@ def _closed_sslobject() -> ssl.SSLObject:
 _CLOSED: Final = _closed_sslobject()
 
 
-class TlsStream(asyncio.Protocol):
+class TlsStream(asyncio.BufferedProtocol):
     def __init__(self, ctx: ssl.SSLContext, server_side: bool) -> None:
         self.ctx = ctx
         self.server_side = server_side
@@ -59,8 +69,21 @@ class TlsStream(asyncio.Protocol):
         if not self.server_side:
             self._step_handshake()
 
-    def data_received(self, data: bytes) -> None:
-        self.incoming.write(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _RAW_BUF
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.incoming.write(_RAW_BUF[:nbytes])
+        self._received()
+
+    def data_received(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes from a transport that does not read into get_buffer (tests, other loops)."""
+        view = memoryview(data)
+        for start in range(0, len(view), SLICE):
+            self.incoming.write(view[start:start + SLICE])
+            self._received()
+
+    def _received(self) -> None:
         if not self.handshaken:
             self._step_handshake()
             if not self.handshaken:
@@ -128,33 +151,55 @@ class TlsStream(asyncio.Protocol):
             self.raw.abort()
 
     def _read(self) -> None:
-        incoming = self.incoming
-        while not self.eof_in:
-            try:
-                chunk = self.sslobj.read(READ_SIZE)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:  # close_notify: the peer's write side is done
-                self._end_of_input()
-                break
-            except ssl.SSLError:
-                if self.raw is not None:
-                    self.raw.abort()
-                break
-            if not chunk:
-                break
-            if self.app is not None:
-                self.app.data_received(chunk)
-            else:
-                self.held.append(chunk)
-            # Nothing left to decrypt: every byte fed was consumed and no plaintext is buffered,
-            # so another read could only raise SSLWantReadError (an exception per record costs
-            # more than this test). A partial record left in OpenSSL's own buffer needs more
-            # bytes all the same; a close_notify still in the BIO keeps pending > 0.
-            if not incoming.pending and not self.sslobj.pending():
-                break
+        more = True
+        while more and not self.eof_in:
+            more = self._decrypt_some()
         if self.outgoing.pending:
             self._flush()  # e.g. a key update answer
+
+    def _decrypt_some(self) -> bool:
+        """Decrypt records into one buffer, up to SLICE bytes, and hand them on together; True
+        if more may be waiting."""
+        buf, sslobj, incoming = _PLAIN_BUF, self.sslobj, self.incoming
+        filled = 0
+        more = False
+        try:
+            while filled <= SLICE - RECORD:
+                n = cast(int, sslobj.read(RECORD, buf[filled:]))  # (a buffer given: a count)
+                if not n:
+                    break
+                filled += n
+                # Nothing left to decrypt: every byte fed was consumed and no plaintext is
+                # buffered, so another read could only raise SSLWantReadError (an exception per
+                # record costs more than this test). A partial record left in OpenSSL's own
+                # buffer needs more bytes all the same; a close_notify still in the BIO keeps
+                # pending > 0.
+                if not incoming.pending and not sslobj.pending():
+                    break
+            else:
+                more = True  # the buffer is full
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:  # close_notify: the peer's write side is done
+            self._deliver(filled)
+            self._end_of_input()
+            return False
+        except ssl.SSLError:
+            self._deliver(filled)
+            if self.raw is not None:
+                self.raw.abort()
+            return False
+        self._deliver(filled)
+        return more and not self.lost
+
+    def _deliver(self, filled: int) -> None:
+        if not filled:
+            return
+        chunk = bytes(_PLAIN_BUF[:filled])
+        if self.app is not None:
+            self.app.data_received(chunk)
+        else:
+            self.held.append(chunk)
 
     def _end_of_input(self) -> None:
         if self.eof_in:
@@ -205,8 +250,11 @@ class TlsStream(asyncio.Protocol):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.eof_out or self.raw is None or self.raw.is_closing():
             return
-        self.sslobj.write(data)
-        self._flush()
+        if len(data) <= SLICE:
+            self.sslobj.write(data)
+            self._flush()
+        else:
+            self._write_sliced(data)
 
     def writelines(self, chunks: Any) -> None:
         if self.eof_out or self.raw is None or self.raw.is_closing():
@@ -216,10 +264,30 @@ class TlsStream(asyncio.Protocol):
             # One TLS record instead of one per chunk (a response head and its small body):
             # less framing and encryption here, one record to decrypt at the peer.
             self.sslobj.write(b"".join(chunks))
-        else:
-            for chunk in chunks:
+            self._flush()
+            return
+        for chunk in chunks:
+            if len(chunk) > SLICE:
+                self._write_sliced(chunk)
+            else:
+                if self.outgoing.pending + len(chunk) > SLICE:
+                    self._flush()  # the BIO holds a slice at most (see SLICE)
                 self.sslobj.write(chunk)
         self._flush()
+
+    def _write_sliced(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt ``data`` SLICE bytes at a time and take each out of the BIO at once (the
+        BIO's buffer stays small, see SLICE); the pieces go to the socket in one writelines."""
+        view = memoryview(data)
+        sslobj, outgoing = self.sslobj, self.outgoing
+        pending = self.outgoing.read() if self.outgoing.pending else b""
+        pieces = [pending] if pending else []
+        for start in range(0, len(view), SLICE):
+            sslobj.write(view[start:start + SLICE])
+            pieces.append(outgoing.read())
+        raw = self.raw
+        if raw is not None and not raw.is_closing():
+            raw.writelines(pieces)
 
     def can_write_eof(self) -> bool:
         return True
