@@ -16,6 +16,7 @@ at the first failing command. The teardown helpers still use pyroute2, imported 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from ipaddress import IPv4Interface
 
@@ -32,8 +33,6 @@ from meshns.netns.plan import (
     inside_commands,
     veth_commands,
 )
-
-SYS_CLASS_NET = "/sys/class/net"
 
 
 class IpError(SystemFailure):
@@ -76,7 +75,14 @@ def ip_batch(commands: list[str]) -> None:
 
 
 def _link_present(name: str) -> bool:
-    return os.path.exists(os.path.join(SYS_CLASS_NET, name))
+    """In the caller's network namespace. Not /sys/class/net: sysfs shows the namespace of
+    whoever mounted it, and meshns may run in a namespace entered with ``nsenter --net`` (a
+    host of the multi-host tests), where /sys still lists the root namespace's links."""
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
 
 
 def ensure_bridge(name: str, address: IPv4Interface) -> None:

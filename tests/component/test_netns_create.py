@@ -55,3 +55,24 @@ def test_a_failed_pin_leaves_no_mount_point(monkeypatch: pytest.MonkeyPatch) -> 
         assert not os.path.exists(netns_path(name))
     finally:
         delete_netns(name)
+
+
+def test_ensure_bridge_twice_in_a_namespace_entered_without_its_sysfs() -> None:
+    """As a multi-host test's host (``nsenter --net``): /sys still shows the root namespace's
+    links, so the second ensure_bridge must find the bridge by asking the kernel, not sysfs."""
+    from ipaddress import IPv4Interface
+
+    from meshns.netns.apply import ensure_bridge
+
+    name = f"mnstest-br-{os.getpid()}"
+    bridge = f"mnbr{os.getpid() % 100000}"
+    try:
+        create_netns(name)
+        for _ in range(2):
+            run_in_netns(name, ensure_bridge, bridge, IPv4Interface("10.254.7.1/24"))
+        shown = run_in_netns(name, lambda: subprocess.run(["ip", "-o", "addr", "show", "dev", bridge],
+                                                          capture_output=True, text=True, check=True).stdout)
+        assert "10.254.7.1/24" in shown
+        assert not os.path.exists(f"/sys/class/net/{bridge}")  # not in the root namespace
+    finally:
+        delete_netns(name)
