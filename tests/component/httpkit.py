@@ -30,12 +30,15 @@ IPS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 BLOCK = bytes(range(256)) * 4096  # 1 MiB
 
 
-def uvloop_test(fn: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+def uvloop_test(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test on a fresh uvloop loop (no pytest-asyncio here), with a hard timeout;
+    pytest's fixtures (tmp_path...) are passed through (functools.wraps keeps the signature)."""
+
     @functools.wraps(fn)
-    def wrapper() -> None:
+    def wrapper(*args: Any, **kwargs: Any) -> None:
         async def bounded() -> None:
             async with asyncio.timeout(120):
-                await fn()
+                await fn(*args, **kwargs)
 
         uvloop.run(bounded())
 

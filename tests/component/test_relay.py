@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import json
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-import uvloop
+from httpkit import uvloop_test
 
 from meshns.dataplane.addrs import ListenAddr, OrigDst
 from meshns.dataplane.config import SidecarConfig
@@ -27,20 +26,6 @@ from meshns.dataplane.server import Sidecar
 from meshns.errors import SystemFailure
 
 LO = "127.0.0.1"
-
-
-def uvloop_test(fn: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
-    """Run an async test on a fresh uvloop loop (no pytest-asyncio here), with a hard timeout."""
-
-    @functools.wraps(fn)
-    def wrapper() -> None:
-        async def bounded() -> None:
-            async with asyncio.timeout(60):
-                await fn()
-
-        uvloop.run(bounded())
-
-    return wrapper
 
 
 def test_config(**over: Any) -> SidecarConfig:

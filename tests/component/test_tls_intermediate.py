@@ -5,15 +5,12 @@ the sidecar's TLS transport (dataplane/tls_transport.py) over loopback, on uvloo
 from __future__ import annotations
 
 import asyncio
-import functools
 import ssl
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
 
 import pytest
-import uvloop
 from cryptography import x509
+from httpkit import uvloop_test
 
 from meshns.dataplane.tls_transport import TlsStream
 from meshns.mtls.ca import CertAuthority, key_pem, new_key
@@ -24,19 +21,6 @@ LO = "127.0.0.1"
 TD = "example.org"
 WEB = SpiffeId(TD, "shop", "web")
 DB = SpiffeId(TD, "shop", "db")
-
-
-def uvloop_test(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        async def bounded() -> None:
-            async with asyncio.timeout(30):
-                await fn(*args, **kwargs)
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(bounded())
-
-    return wrapper
 
 
 def host_ca(root: CertAuthority, base: Path, host: str) -> CertAuthority:

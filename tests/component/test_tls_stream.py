@@ -6,13 +6,11 @@ nor change how a half-close travels."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import uvloop
+from httpkit import uvloop_test
 
 from meshns.dataplane import tls_transport
 from meshns.dataplane.tls_transport import TlsStream
@@ -22,19 +20,6 @@ from meshns.mtls.tls import WorkloadTls, client_context, server_context
 
 LO = "127.0.0.1"
 TD = "example.org"
-
-
-def uvloop_test(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        async def bounded() -> None:
-            async with asyncio.timeout(30):
-                await fn(*args, **kwargs)
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(bounded())
-
-    return wrapper
 
 
 def workload(ca: CertAuthority, name: str) -> WorkloadTls:
