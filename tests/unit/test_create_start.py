@@ -4,10 +4,13 @@ code."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from meshns.mtls.ca import CertAuthority
 from meshns.netns import supervisor
@@ -74,3 +77,19 @@ def test_children_never_import_from_the_current_directory() -> None:
     """-P: a `meshns` folder in the directory create was run from is not imported by root."""
     cmd = supervisor.command(Path("/s"), "p")
     assert cmd[1:4] == ["-P", "-m", supervisor.SUPERVISOR_MODULE]
+
+
+def test_supervisor_naps_until_the_next_thing_due() -> None:
+    cap = supervisor.IDENTITY_CHECK_S
+    cases = [
+        # now, next identity check, restart at -> nap
+        (10.0, 10.2, None, 0.2),
+        (10.0, 10.2, 10.1, 0.1),  # a sidecar restart comes first
+        (10.0, 10.2, 9.0, 0.0),  # a restart already due: no nap
+        (10.0, 9.5, None, 0.0),  # the check is late
+        (10.0, math.inf, None, cap),  # no identity: capped
+        (10.0, math.inf, 10.3, 0.3),  # no identity, a restart pending
+        (10.0, 99.0, 50.0, cap),  # a clock step: capped
+    ]
+    for now, check_at, restart_at, want in cases:
+        assert supervisor.nap_s(now, check_at, restart_at) == pytest.approx(want), (now, check_at, restart_at)
