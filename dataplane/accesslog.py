@@ -7,8 +7,9 @@ logger's (``POST /logging?logger=meshns.access&level=warning`` silences it).
 
 Field names follow Envoy's default access log where one exists. Paths are fine here (they are
 never metric labels). Lines are batched (``BatchingHandler``): written when 32 KiB are pending and
-at least every ``FLUSH_S`` (the server calls ``flush``), because a write and flush per line cost
-a large share of the request rate on the hot path.
+at most ``FLUSH_S`` after the first line of a batch (the handler's ``on_batch`` hook: the server
+arms a timer then), because a write and flush per line cost a large share of the request rate on
+the hot path. An idle sidecar has no timer to wake for.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Final
 
 ACCESS_LOGGER: Final = "meshns.access"
@@ -94,6 +96,9 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(stream)
         self.pending: list[str] = []
         self.size = 0
+        # Called when a line starts a new batch (nothing pending before it): the server arms a
+        # one-shot flush FLUSH_S later, instead of waking every FLUSH_S while idle.
+        self.on_batch: Callable[[], None] | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -108,6 +113,8 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.size += len(msg)
         if self.size >= BATCH_BYTES:
             self.flush()
+        elif len(self.pending) == 1 and self.on_batch is not None:
+            self.on_batch()
 
     def flush(self) -> None:
         self.acquire()
@@ -124,6 +131,15 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def flush() -> None:
     for handler in log.handlers:
         handler.flush()
+
+
+def on_batch(hook: Callable[[], None] | None) -> None:
+    """Set the hook our own handler calls when a line starts a new batch (see BatchingHandler)."""
+    for handler in log.handlers:
+        if isinstance(handler, BatchingHandler):
+            handler.on_batch = hook
+            if hook is not None and handler.pending:  # a batch begun before the hook was set
+                hook()
 
 
 def install_handler(stream: IO[str] | None = None) -> logging.Handler:

@@ -101,7 +101,7 @@ class Sidecar:
             certs=self._certs,
         )
         self._watch_task: asyncio.Task[None] | None = None
-        self._flush_task: asyncio.Task[None] | None = None
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._relay_servers: list[asyncio.Server] = []
         self._acceptor: InboundAcceptor | None = None
         self._identity_pipe: asyncio.BaseTransport | None = None
@@ -132,10 +132,14 @@ class Sidecar:
         if self._stop is not None:
             self._stop.set()
 
-    async def _flush_access_log(self) -> None:
-        while True:
-            await asyncio.sleep(accesslog.FLUSH_S)
-            accesslog.flush()
+    def _arm_access_log_flush(self) -> None:
+        """A line started a new access-log batch: write it out FLUSH_S from now at the latest."""
+        if self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(accesslog.FLUSH_S, self._flush_access_log)
+
+    def _flush_access_log(self) -> None:
+        self._flush_timer = None
+        accesslog.flush()
 
     def _certs(self) -> dict[str, object]:
         """Envoy's /certs, reduced: this pod's identity and certificate dates (never the key)."""
@@ -212,7 +216,7 @@ class Sidecar:
         self._watch_task = asyncio.ensure_future(self.store.watch())
         if cfg.identity_fd >= 0:
             self._identity_pipe = await identity.attach(self.tls, cfg.identity_fd, pending)
-        self._flush_task = asyncio.ensure_future(self._flush_access_log())
+        accesslog.on_batch(self._arm_access_log_flush)
         self._stop = asyncio.Event()
         for srv in [*self._relay_servers, self._admin_server, self._metrics_server]:
             if srv is not None:
@@ -277,9 +281,10 @@ class Sidecar:
         if self._watch_task is not None:
             self._watch_task.cancel()
             self._watch_task = None
-        if self._flush_task is not None:
-            self._flush_task.cancel()
-            self._flush_task = None
+        accesslog.on_batch(None)
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         if self._identity_pipe is not None:
             self._identity_pipe.close()
             self._identity_pipe = None

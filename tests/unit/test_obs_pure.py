@@ -195,3 +195,42 @@ def test_config_keys() -> None:
         config_from_dict({**base, "access_log": "tcp"})
     with pytest.raises(UserError, match="metrics_port"):
         config_from_dict({**base, "metrics_port": -2})
+
+
+def test_access_log_batch_arms_one_flush_per_batch() -> None:
+    """The handler asks for a timed flush when a line starts a batch, not per line and not while
+    idle (the sidecar's loop has no periodic wake-up for the access log)."""
+    import io
+
+    out = io.StringIO()
+    handler = accesslog.BatchingHandler(out)
+    calls: list[int] = []
+    handler.on_batch = lambda: calls.append(len(handler.pending))
+    handler.add("a")
+    handler.add("b")
+    assert calls == [1] and out.getvalue() == ""
+    handler.flush()
+    assert out.getvalue() == "a\nb\n"
+    handler.add("c")  # a new batch
+    assert calls == [1, 1]
+    handler.add("x" * accesslog.BATCH_BYTES)  # the size flush writes at once, no timer needed
+    assert calls == [1, 1] and out.getvalue().endswith("x\n") and handler.pending == []
+
+
+def test_access_log_hook_set_while_a_batch_waits_arms_at_once() -> None:
+    import io
+    import logging
+
+    handler = accesslog.BatchingHandler(io.StringIO())
+    handler.add("early")
+    logger = logging.getLogger(accesslog.ACCESS_LOGGER)
+    saved = logger.handlers[:]
+    logger.handlers[:] = [handler]
+    try:
+        calls: list[str] = []
+        accesslog.on_batch(lambda: calls.append("armed"))
+        assert calls == ["armed"]
+        accesslog.on_batch(None)
+        assert handler.on_batch is None
+    finally:
+        logger.handlers[:] = saved
