@@ -2,10 +2,11 @@
 
 The control plane rewrites ``snapshot.json`` in the pod directory (write to a temporary name,
 then rename) whenever pods, services or applied config change. The sidecar checks the file's
-identity (inode, mtime, size) every ``poll_s``; on a change it parses the file, builds the
-indexes once, and replaces ``current`` in a single assignment. Connections and requests already
-in flight keep the Service objects they looked up, so a reload never disturbs them; the next
-lookup sees the new snapshot.
+identity (inode, mtime, size) when an inotify watch on the pod directory fires (every
+``poll_s`` where the kernel grants no watch, see dataplane.dirwatch); on a change it parses the
+file, builds the indexes once, and replaces ``current`` in a single assignment. Connections and
+requests already in flight keep the Service objects they looked up, so a reload never disturbs
+them; the next lookup sees the new snapshot.
 
 The supervisor hands the sidecar an open descriptor of the pod directory (``dir_fd``), so the
 proxy user reads the file relative to it without needing search permission on the state
@@ -22,11 +23,15 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from meshns.dataplane import dirwatch
 from meshns.snapshot import Service, Snapshot, snapshot_from_dict
 
 log = logging.getLogger("meshns.dataplane.snapshots")
 
 SNAPSHOT_FILE = "snapshot.json"
+# With an inotify watch, the file is still looked at this often: a safety net that costs one
+# wake-up every few seconds, not five a second.
+RECHECK_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -105,9 +110,25 @@ class SnapshotStore:
         return True
 
     async def watch(self) -> None:
-        while True:
+        """Reload whenever the snapshot changes: woken by an inotify watch on the pod directory
+        (dataplane.dirwatch) where the kernel grants one, with a slow re-check behind it; polled
+        every ``poll_s`` where not."""
+        watch_fd = dirwatch.open_watch(self.dir_fd) if self.dir_fd is not None else None
+        loop = asyncio.get_running_loop()
+        if watch_fd is not None:
+            loop.add_reader(watch_fd, self._on_dir_event, watch_fd)
+        try:
+            while True:
+                self.check()
+                await asyncio.sleep(self.poll_s if watch_fd is None else max(self.poll_s, RECHECK_S))
+        finally:
+            if watch_fd is not None:
+                loop.remove_reader(watch_fd)
+                os.close(watch_fd)
+
+    def _on_dir_event(self, watch_fd: int) -> None:
+        if dirwatch.drain(watch_fd):
             self.check()
-            await asyncio.sleep(self.poll_s)
 
 
 def same_but_version(new: object, old: dict[str, Any]) -> bool:

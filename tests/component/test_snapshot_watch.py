@@ -1,0 +1,86 @@
+"""The sidecar's snapshot watch on a real directory: a file renamed into the pod directory wakes
+the store through inotify (no polling behind it in these tests), and where no watch is granted the
+store polls."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+from httpkit import uvloop_test
+
+from meshns.dataplane import dirwatch, snapshots
+from meshns.dataplane.snapshots import SnapshotStore
+from meshns.snapshot import Snapshot
+
+NEVER_S = 3600.0  # a poll or re-check that never comes within a test
+
+
+def _publish(pod_dir: Path, version: int) -> None:
+    tmp = pod_dir / f".snapshot.json.{os.getpid()}.tmp"
+    tmp.write_text(Snapshot(version, "a").to_json())
+    os.replace(tmp, pod_dir / "snapshot.json")  # as publish does: a rename into the directory
+
+
+async def _until_version(store: SnapshotStore, version: int) -> None:
+    async with asyncio.timeout(20):
+        while store.version != version:
+            await asyncio.sleep(0.01)
+
+
+def _store(pod_dir: Path, poll_s: float) -> tuple[SnapshotStore, int]:
+    dir_fd = os.open(pod_dir, os.O_RDONLY | os.O_DIRECTORY)
+    return SnapshotStore("a", dir_fd, poll_s=poll_s), dir_fd
+
+
+@uvloop_test
+async def test_a_rename_into_the_pod_directory_wakes_the_store(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(snapshots, "RECHECK_S", NEVER_S)
+    _publish(tmp_path, 1)
+    store, dir_fd = _store(tmp_path, NEVER_S)
+    task = asyncio.ensure_future(store.watch())
+    try:
+        await _until_version(store, 1)  # the first check, at start
+        for version in (2, 3, 4):
+            _publish(tmp_path, version)
+            await _until_version(store, version)  # only the watch can have noticed
+        assert store.reload_errors == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        os.close(dir_fd)
+
+
+@uvloop_test
+async def test_without_a_watch_the_store_polls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dirwatch, "open_watch", lambda _dir_fd: None)  # e.g. max_user_instances reached
+    store, dir_fd = _store(tmp_path, 0.02)
+    task = asyncio.ensure_future(store.watch())
+    try:
+        _publish(tmp_path, 7)
+        await _until_version(store, 7)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        os.close(dir_fd)
+
+
+def test_watch_sees_renames_and_writes_and_drain_empties_it(tmp_path: Path) -> None:
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = dirwatch.open_watch(dir_fd)
+        assert fd is not None
+        try:
+            assert not dirwatch.drain(fd)  # nothing yet
+            _publish(tmp_path, 1)
+            assert dirwatch.drain(fd)
+            assert not dirwatch.drain(fd)
+            (tmp_path / "other").write_text("x")  # written in place, closed
+            assert dirwatch.drain(fd)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dir_fd)
