@@ -7,3 +7,9 @@ installed as ``meshns.netns``, ``meshns.intercept``, ``meshns.dataplane``, ``mes
 """
 
 __version__ = "0.1.0"
+
+# Before any of our dataclasses is made: their generated methods' code, compiled at install time
+# (meshns/fncache.py; ~1 ms per class otherwise, on every process start).
+from meshns import fncache as _fncache
+
+_fncache.install()
