@@ -29,7 +29,6 @@ import importlib
 import importlib.util
 import marshal
 import os
-import pkgutil
 import sys
 from pathlib import Path
 from types import CodeType
@@ -106,6 +105,8 @@ class Recorder:
 
 def modules() -> list[str]:
     """Every meshns module but ``__main__`` ones (importing those runs a program)."""
+    import pkgutil  # noqa: PLC0415 - only here, at install time: every process imports this module
+
     import meshns  # noqa: PLC0415 - this module is imported by meshns/__init__ itself
 
     names = ["meshns"]
