@@ -53,8 +53,13 @@ def staged_name(path: Path) -> Path:
 def _stage(path: Path, text: str) -> Path:
     """Write ``text`` next to ``path`` under a temporary name; nothing is left behind on failure."""
     tmp = staged_name(path)
+    # A leftover of a killed publish whose pid was ours may be a second name of every pod's live
+    # snapshot.json (killed after its renames, before it unlinked the shared file): unlinked, never
+    # truncated, and the new file created exclusively.
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "x", encoding="utf-8") as f:
             f.write(text)
         os.chmod(tmp, 0o644)
     except BaseException:

@@ -137,3 +137,21 @@ def test_gc_removes_a_killed_publishs_staged_files(tmp_path: Path) -> None:
     done = gc._remove_staged(mesh.cfg.state_dir, prefix=f".{SNAPSHOT_FILE}.")
     done += gc._remove_staged(mesh.cfg.pod_dir("a"))
     assert len(done) == 3 and not any(p.exists() for p in left) and keep.exists()
+
+
+def test_a_leftover_shared_file_of_our_pid_is_replaced_not_truncated(tmp_path: Path) -> None:
+    """A publish killed after its renames leaves the shared staged file behind as a second name
+    of every pod's live snapshot.json; a later publish that got the same pid must not write
+    through it."""
+    mesh = _mesh(tmp_path)
+    _add(mesh, "a")
+    publish(mesh)
+    live = mesh.cfg.pod_dir("a") / SNAPSHOT_FILE
+    text = live.read_text()
+    os.link(live, publish_mod.staged_name(mesh.cfg.state_dir / SNAPSHOT_FILE))
+    _add(mesh, "b")
+    old = mesh.cfg.pod_dir("a") / "old.json"
+    os.link(live, old)  # what a sidecar reading the old file sees
+    publish(mesh)
+    assert old.read_text() == text
+    assert '"pod":"b"' in live.read_text() and _temporaries(mesh) == []
