@@ -45,7 +45,7 @@ class SidecarConfig:
     # The pod directory, opened by the supervisor and inherited: the snapshot is read relative
     # to it, so the proxy user needs no access to the state directory's parents. -1: none.
     snapshot_dir_fd: int = -1
-    snapshot_file: str = "snapshot.json"
+    snapshot_file: str = "snapshot.json"  # security.json beside it holds the pod's own part
     # HTTP/1 parser: "auto" (httptools when importable, else h11), "h11" (the strict reference)
     # or "httptools" (llhttp, the fast one).
     http_parser: str = "auto"

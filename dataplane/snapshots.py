@@ -1,15 +1,20 @@
 """Where the sidecar's compiled snapshot comes from, and how a new one is swapped in.
 
-The control plane rewrites ``snapshot.json`` in the pod directory (write to a temporary name,
-then rename) whenever pods, services or applied config change. The sidecar checks the file's
-identity (inode, mtime, size) when an inotify watch on the pod directory fires (every
-``poll_s`` where the kernel grants no watch, see dataplane.dirwatch); on a change it parses the
-file, builds the indexes once, and replaces ``current`` in a single assignment. Connections and
-requests already in flight keep the Service objects they looked up, so a reload never disturbs
-them; the next lookup sees the new snapshot.
+The control plane writes a pod's snapshot as two files in the pod directory (write to a
+temporary name, then rename) whenever pods, services or applied config change:
+``snapshot.json``, the mesh-wide part every pod shares (version, services, workloads), and
+``security.json``, this pod's own (its name and Security; no file means the default Security).
+The sidecar checks both files' identities (inode, mtime, size) when an inotify watch on the pod
+directory fires (every ``poll_s`` where the kernel grants no watch, see dataplane.dirwatch); when
+either changed it reads snapshot.json and then security.json, combines them
+(meshns.snapshot.combine), builds the indexes once, and replaces ``current`` in a single
+assignment. Publish renames every security file before any snapshot.json, so reading in that
+order a version never comes with an older security part. Connections and requests already in
+flight keep the Service objects they looked up, so a reload never disturbs them; the next lookup
+sees the new snapshot.
 
 The supervisor hands the sidecar an open descriptor of the pod directory (``dir_fd``), so the
-proxy user reads the file relative to it without needing search permission on the state
+proxy user reads the files relative to it without needing search permission on the state
 directory's parents. A broken file is logged and the previous snapshot kept.
 """
 
@@ -24,12 +29,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshns.dataplane import dirwatch
-from meshns.snapshot import Service, Snapshot, snapshot_from_dict
+from meshns.snapshot import SECURITY_FILE, SNAPSHOT_FILE, Service, Snapshot, combine, snapshot_from_dict
 
 log = logging.getLogger("meshns.dataplane.snapshots")
 
-SNAPSHOT_FILE = "snapshot.json"
-# With an inotify watch, the file is still looked at this often: a safety net that costs one
+__all__ = ["SECURITY_FILE", "SNAPSHOT_FILE", "Loaded", "SnapshotStore", "same_but_version"]
+
+Ident = tuple[int, int, int]
+# With an inotify watch, the files are still looked at this often: a safety net that costs one
 # wake-up every few seconds, not five a second.
 RECHECK_S = 5.0
 
@@ -42,14 +49,17 @@ class Loaded:
 
 class SnapshotStore:
     def __init__(self, pod: str, dir_fd: int | None = None, path: str = SNAPSHOT_FILE,
-                 poll_s: float = 0.2) -> None:
+                 poll_s: float = 0.2, security_path: str | None = None) -> None:
         self.dir_fd = dir_fd
         self.path = path
+        # security.json beside snapshot.json unless told otherwise.
+        self.security_path = security_path or os.path.join(os.path.dirname(path), SECURITY_FILE)
+        self.pod = pod
         self.poll_s = poll_s
         self.current = Loaded(Snapshot(version=0, pod=pod), {})
         self.reloads = 0
         self.reload_errors = 0
-        self._seen: tuple[int, int, int] | None = None
+        self._seen: tuple[Ident, Ident | None] | None = None
         # The decoded file behind ``current`` (None: set directly, or nothing loaded yet): a
         # rewrite that only moves the version on is swapped in without rebuilding anything.
         self._raw: dict[str, Any] | None = None
@@ -67,25 +77,47 @@ class SnapshotStore:
         self.reloads += 1
         self._raw = None
 
+    def _ident(self, path: str) -> Ident | None:
+        """(inode, mtime, size) of ``path``; None when there is no such file."""
+        try:
+            st = os.stat(path, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _read(self, path: str) -> tuple[Any, Ident] | None:
+        """The decoded file and the identity of what was read; None when there is no such file."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            return None
+        with os.fdopen(fd, "r", encoding="utf-8") as f:
+            st = os.fstat(f.fileno())
+            return json.loads(f.read()), (st.st_ino, st.st_mtime_ns, st.st_size)
+
     def check(self) -> bool:
-        """Reload if the file changed; True when a new snapshot was swapped in."""
+        """Reload if either file changed; True when a new snapshot was swapped in."""
         if self.dir_fd is None and not os.path.isabs(self.path):
             return False
         try:
-            st = os.stat(self.path, dir_fd=self.dir_fd)
-        except FileNotFoundError:
-            return False
+            mine = self._ident(self.path)
+            if mine is None:
+                return False
+            idents = (mine, self._ident(self.security_path))
         except OSError as exc:
             log.warning("snapshot: cannot stat %s: %s", self.path, exc)
             return False
-        ident = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if ident == self._seen:
+        if idents == self._seen:
             return False
-        self._seen = ident
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.dir_fd)
-            with os.fdopen(fd, "r", encoding="utf-8") as f:
-                raw = json.loads(f.read())
+            # snapshot.json first: publish renames the security files before it (module doc).
+            mesh = self._read(self.path)
+            own = self._read(self.security_path)
+            if mesh is None:
+                return False  # removed between the stat and the open (the pod is going away)
+            # What was read, not what was stat'ed: a file replaced in between is read again.
+            self._seen = (mesh[1], None if own is None else own[1])
+            raw = combine(mesh[0], None if own is None else own[0], self.pod)
             same = self._raw is not None and same_but_version(raw, self._raw)
             # Publish rewrites every pod's snapshot on every change, and some changes (a pod
             # marked ready at the end of its create) leave them as they were but for the
@@ -94,8 +126,10 @@ class SnapshotStore:
             snapshot = (dataclasses.replace(self.current.snapshot, version=raw["version"]) if same
                         else snapshot_from_dict(raw))
         except (OSError, ValueError, KeyError, TypeError) as exc:
+            self._seen = idents  # not read again until one of them changes
             self.reload_errors += 1
-            log.error("snapshot: %s is unusable, keeping version %d: %s", self.path, self.version, exc)
+            log.error("snapshot: %s or %s is unusable, keeping version %d: %s",
+                      self.path, self.security_path, self.version, exc)
             return False
         if snapshot.version < self.version:
             log.warning("snapshot: ignoring older version %d (have %d)", snapshot.version, self.version)

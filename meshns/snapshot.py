@@ -255,6 +255,50 @@ class Snapshot:
         return snapshot_from_dict(json.loads(text))
 
 
+# A pod directory holds its snapshot as two files. ``snapshot.json`` is the mesh-wide part
+# (version, services, workloads), the same text for every pod: publish encodes it once and
+# hard-links one inode into every pod directory, so its cost does not grow with the number of
+# pods. ``security.json`` is the pod's own part (its name and Security), rewritten only when it
+# changes. The sidecar reads both and combines them into one Snapshot (``combine``).
+SNAPSHOT_FILE = "snapshot.json"
+SECURITY_FILE = "security.json"
+MESH_KEYS = ("version", "services", "workloads")
+
+
+def _encode(value: Any) -> str:
+    # Deterministic: the same view gives the same bytes, so unchanged files compare equal.
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def mesh_json(version: int, services: tuple[Service, ...], workloads: tuple[Endpoint, ...]) -> str:
+    """The text of ``snapshot.json``: the part of a snapshot every pod shares."""
+    memo: dict[int, Any] = {}
+    return _encode({"version": version, "services": plain(services, memo), "workloads": plain(workloads, memo)})
+
+
+def security_json(pod: str, security: Security) -> str:
+    """The text of ``security.json``: the part of a snapshot that is the pod's own."""
+    return _encode({"pod": pod, "security": plain(security, {})})
+
+
+def combine(mesh: object, own: object, pod: str) -> dict[str, Any]:
+    """The decoded snapshot.json and security.json (None: no such file) as the one dict
+    ``snapshot_from_dict`` reads (pure). No security file means the default Security, as a
+    snapshot without one always meant; a pod name missing from it is the sidecar's own.
+    Anything but objects raises TypeError, as a broken file does in the parser."""
+    if not isinstance(mesh, dict):
+        raise TypeError(f"{SNAPSHOT_FILE} is not an object")
+    if own is not None and not isinstance(own, dict):
+        raise TypeError(f"{SECURITY_FILE} is not an object")
+    # A snapshot.json of the single-file layout (written before the split) still carries its pod's
+    # part: used when there is no security.json beside it.
+    mine = mesh if own is None else own
+    out = {k: v for k, v in mesh.items() if k not in ("pod", "security")}
+    out["pod"] = mine.get("pod", pod)
+    out["security"] = mine.get("security")
+    return out
+
+
 def plain(obj: Any, memo: dict[int, Any]) -> Any:
     """``dataclasses.asdict`` for the snapshot's frozen dataclasses, without its deep copies and
     with each object converted once per ``memo``. Keyed by identity, so the memo holds the object

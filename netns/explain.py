@@ -33,7 +33,7 @@ from meshns.netns.plan import POD_IFNAME
 from meshns.netns.statefile import read_state
 from meshns.netns.status import admin_get
 from meshns.ports import INBOUND_PORT, OUTBOUND_PORT
-from meshns.snapshot import Service, Snapshot, snapshot_from_dict
+from meshns.snapshot import SECURITY_FILE, SNAPSHOT_FILE, Service, Snapshot, combine, snapshot_from_dict
 
 MTLS_NOTE = "plaintext: mTLS not enabled in this mesh yet"
 _LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
@@ -194,8 +194,14 @@ def _snapshot(mesh: Mesh, record: PodRecord, dump: Any) -> tuple[Snapshot | None
             note = f"sidecar /config_dump unreadable ({exc!r})"
     else:
         note = "sidecar has no /config_dump"
+    pod_dir = mesh.cfg.pod_dir(record.name)
     try:
-        snap = Snapshot.from_json((mesh.cfg.pod_dir(record.name) / "snapshot.json").read_text())
+        shared = json.loads((pod_dir / SNAPSHOT_FILE).read_text())
+        try:
+            own = json.loads((pod_dir / SECURITY_FILE).read_text())
+        except FileNotFoundError:
+            own = None  # the default Security, as the sidecar takes it
+        snap = snapshot_from_dict(combine(shared, own, record.name))
     except (OSError, KeyError, TypeError, ValueError):
         return None, f"{note}; no snapshot.json either"
     return snap, f"snapshot.json version {snap.version} ({note}: what it loads, not necessarily what it runs)"

@@ -10,7 +10,9 @@ What counts as left behind:
 - pods whose hosts file or snapshot lags behind the registry (a command killed between its
   registry write and its publish: create after 'ready', delete after the row went, apply -f
   after storing): everything is republished, so every pod sees what the registry says;
-- staged snapshot files (.snapshot.json.<pid>.tmp) of a publish that was killed.
+- staged snapshot files of a publish that was killed: .snapshot.json.<pid>.tmp and
+  .security.json.<pid>.tmp in pod directories, and the shared .snapshot.json.<pid>.tmp in the
+  state directory that publish hard-links into them.
 
 gc itself is idempotent and safe to kill: every step is re-done by the next run, so a second
 run right after a first always reports nothing to clean.
@@ -111,6 +113,9 @@ def gc(mesh: Mesh) -> list[str]:
                 done.append(f"removed orphan pod directory {pods_dir / entry}")
             else:
                 done.extend(_remove_staged(pods_dir / entry))
+    if mesh.cfg.state_dir.is_dir():
+        # Only publish's shared file: the state directory holds other files (the registry's).
+        done.extend(_remove_staged(mesh.cfg.state_dir, prefix=f".{publish.SNAPSHOT_FILE}."))
     for pid in procs.find_processes(supervisor.SUPERVISOR_MODULE, state_dir):
         words = procs.cmdline(pid)
         pod = words[words.index("--pod") + 1] if "--pod" in words[:-1] else None
@@ -140,14 +145,23 @@ def _cluster_leftovers(mesh: Mesh) -> list[str]:
     return [f"removed {routes.remove_all()} route(s) to other hosts' pod blocks (not a mesh member)"]
 
 
-def _remove_staged(pod_dir: os.PathLike[str]) -> list[str]:
+def staged_pid(name: str, prefix: str = ".") -> int | None:
+    """The pid of the publish that staged ``name`` (pure): .<file>.<pid>.tmp, e.g.
+    .snapshot.json.123.tmp or .security.json.123.tmp; None for any other name."""
+    parts = name.split(".")  # .snapshot.json.<pid>.tmp -> ['', 'snapshot', 'json', pid, 'tmp']
+    if not name.startswith(prefix) or len(parts) < 4 or parts[-1] != "tmp" or not parts[-2].isdigit():
+        return None
+    return int(parts[-2])
+
+
+def _remove_staged(directory: os.PathLike[str], prefix: str = ".") -> list[str]:
     """Temporary snapshot files of a publish that was killed before it renamed them."""
     out = []
-    for name in sorted(os.listdir(pod_dir)):
-        parts = name.split(".")  # .snapshot.json.<pid>.tmp -> ['', 'snapshot', 'json', pid, 'tmp']
-        if name.startswith(".") and parts[-1] == "tmp" and parts[-2].isdigit() and not procs.alive(int(parts[-2])):
-            os.unlink(os.path.join(pod_dir, name))
-            out.append(f"removed unfinished {os.path.join(pod_dir, name)}")
+    for name in sorted(os.listdir(directory)):
+        pid = staged_pid(name, prefix)
+        if pid is not None and not procs.alive(pid):
+            os.unlink(os.path.join(directory, name))
+            out.append(f"removed unfinished {os.path.join(directory, name)}")
     return out
 
 

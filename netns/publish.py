@@ -5,16 +5,25 @@ Snapshots are written to a temporary name and renamed, so a sidecar never reads 
 hosts files are rewritten in place (see netns.files) because running programs hold a bind
 mount of them.
 
-All snapshots are staged before any is renamed into place: on a full state directory the
-staging fails, the temporary files are removed, and every pod keeps the snapshot it had (no mix
-of old and new views across pods). ``stale`` tells gc whether a killed command left the pods
-behind the registry (a snapshot older than the registry's generation, a hosts file that differs
-from what the registry says), so gc can republish.
+A pod's snapshot is two files (see meshns.snapshot): ``snapshot.json``, the mesh-wide part, is
+encoded once, staged once in the state directory and hard-linked into every pod directory under a
+temporary name, so a publish costs one encoding and one file write whatever the number of pods,
+and replacing a pod's link frees no inode; ``security.json``, the pod's own part, is staged only
+where its text changed (a create rewrites the new pod's alone). Every security file is renamed
+before any snapshot.json: the sidecar reads snapshot.json first, so when it sees a version its
+security is at least that new.
+
+All files are staged before any is renamed into place: on a full state directory the staging
+fails, the temporary files are removed, and every pod keeps the snapshot it had (no mix of old and
+new views across pods). ``stale`` tells gc whether a killed command left the pods behind the
+registry (a snapshot older than the registry's generation, a hosts file that differs from what the
+registry says), so gc can republish.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from dataclasses import dataclass
@@ -23,19 +32,34 @@ from typing import TYPE_CHECKING
 
 from meshns.model import PodRecord, PodState, RemotePod, ServiceRecord
 from meshns.netns import files
+from meshns.snapshot import SECURITY_FILE, SNAPSHOT_FILE
 from meshns.statefs import state_writes
 
 if TYPE_CHECKING:
     from meshns.mesh import Mesh
 
-SNAPSHOT_FILE = "snapshot.json"
+__all__ = ["SECURITY_FILE", "SNAPSHOT_FILE", "publish", "stale"]
+
+# Hard links cannot cross file systems (a pods/ mounted elsewhere) and some file systems refuse
+# them: the shared file is then written into each pod directory, as before the split.
+_NO_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP)
+
+
+def staged_name(path: Path) -> Path:
+    """The temporary name ``path`` is staged under (gc knows the pattern: netns.gc)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def _stage(path: Path, text: str) -> Path:
     """Write ``text`` next to ``path`` under a temporary name; nothing is left behind on failure."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = staged_name(path)
+    # A leftover of a killed publish whose pid was ours may be a second name of every pod's live
+    # snapshot.json (killed after its renames, before it unlinked the shared file): unlinked, never
+    # truncated, and the new file created exclusively.
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "x", encoding="utf-8") as f:
             f.write(text)
         os.chmod(tmp, 0o644)
     except BaseException:
@@ -43,6 +67,33 @@ def _stage(path: Path, text: str) -> Path:
             tmp.unlink()
         raise
     return tmp
+
+
+def _stage_link(shared: Path, path: Path, text: str) -> Path:
+    """Stage ``path`` as a second name of the already staged ``shared`` (whose text is ``text``)."""
+    tmp = staged_name(path)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # a killed publish of a process that had our pid
+    try:
+        os.link(shared, tmp)
+    except OSError as exc:
+        if exc.errno not in _NO_LINK:
+            raise
+        return _stage(path, text)
+    return tmp
+
+
+def security_writes(wanted: dict[str, str], on_disk: dict[str, str | None]) -> list[str]:
+    """The pods whose security.json must be written: those whose file is missing or says
+    something else (pure). Pods absent from ``on_disk`` have no file."""
+    return [pod for pod, text in wanted.items() if on_disk.get(pod) != text]
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, ValueError):  # missing, unreadable or not UTF-8: written again
+        return None
 
 
 def hosts_text(pods: list[PodRecord], services: list[ServiceRecord],
@@ -73,10 +124,11 @@ def ca_trust_domain(ca_dir: Path) -> str | None:
 
 def publish(mesh: Mesh, only: str | None = None) -> list[str]:
     """Rewrite every pod's hosts file and snapshot; returns compile warnings. With ``only``, that
-    pod's two files alone, as they would be written for every pod now (create's first publish,
+    pod's files alone, as they would be written for every pod now (create's first publish,
     before the new pod's sidecar starts: see lifecycle._build)."""
     # The compiler (the Istio parsers, the snapshot model) is only needed here.
-    from meshns.compiler import compile_services, pod_security, security_for, snapshot_for, stored_docs, workloads_of
+    from meshns.compiler import compile_services, pod_security, security_for, stored_docs, workloads_of
+    from meshns.snapshot import mesh_json, security_json
 
     with mesh.locked():
         reg = mesh.registry
@@ -93,27 +145,38 @@ def publish(mesh: Mesh, only: str | None = None) -> list[str]:
         compiled, warnings = compile_services(services, everyone, docs, sec)
         workloads = workloads_of(everyone, sec)
         targets = pods if only is None else [p for p in pods if p.name == only]
-        staged: list[tuple[Path, Path]] = []
-        memo: dict[int, object] = {}  # every pod's snapshot shares the services and workloads
+        dirs = {p.name: mesh.cfg.pod_dir(p.name) for p in targets}
+        dirs = {name: d for name, d in dirs.items() if d.is_dir()}
+        shared_text = mesh_json(generation, compiled, workloads)
+        wanted = {name: security_json(name, security_for(name, sec, trust_domain, revoked)) for name in dirs}
+        changed = security_writes(wanted, {name: _read_text(d / SECURITY_FILE) for name, d in dirs.items()})
+        shared: Path | None = None
+        own: list[tuple[Path, Path]] = []  # security.json, renamed first
+        links: list[tuple[Path, Path]] = []  # snapshot.json, renamed after every security file
         try:
             with state_writes(mesh.cfg.state_dir, "writing the pods' snapshots"):
-                for pod in targets:
-                    pod_dir = mesh.cfg.pod_dir(pod.name)
-                    if pod_dir.is_dir():
-                        snap = snapshot_for(pod.name, generation, compiled, workloads,
-                                            security_for(pod.name, sec, trust_domain, revoked))
-                        path = pod_dir / SNAPSHOT_FILE
-                        staged.append((_stage(path, snap.to_json(memo)), path))
+                for name in changed:
+                    path = dirs[name] / SECURITY_FILE
+                    own.append((_stage(path, wanted[name]), path))
+                if dirs:
+                    # Staged beside pods/ (the same file system), under the name gc looks for.
+                    shared = staged = _stage(mesh.cfg.state_dir / SNAPSHOT_FILE, shared_text)
+                    for d in dirs.values():
+                        path = d / SNAPSHOT_FILE
+                        links.append((_stage_link(staged, path, shared_text), path))
             hosts = hosts_text(pods, services, remote)
             for pod in targets:
                 files.write_hosts(pod.netns, hosts)
         except BaseException:
-            for tmp, _ in staged:
+            for tmp in [t for t, _ in own + links] + ([shared] if shared is not None else []):
                 with contextlib.suppress(OSError):
                     tmp.unlink()
             raise
-        for tmp, path in staged:
+        for tmp, path in own + links:
             os.replace(tmp, path)
+        if shared is not None:
+            with contextlib.suppress(OSError):
+                shared.unlink()  # its text lives on in the pods' links
     return warnings
 
 

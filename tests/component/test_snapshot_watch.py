@@ -13,7 +13,7 @@ from httpkit import uvloop_test
 
 from meshns.dataplane import dirwatch, snapshots
 from meshns.dataplane.snapshots import SnapshotStore
-from meshns.snapshot import Snapshot
+from meshns.snapshot import SECURITY_FILE, Security, Snapshot, security_json
 
 NEVER_S = 3600.0  # a poll or re-check that never comes within a test
 
@@ -48,6 +48,30 @@ async def test_a_rename_into_the_pod_directory_wakes_the_store(tmp_path: Path,
             _publish(tmp_path, version)
             await _until_version(store, version)  # only the watch can have noticed
         assert store.reload_errors == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        os.close(dir_fd)
+
+
+@uvloop_test
+async def test_a_security_file_renamed_in_alone_wakes_the_store(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """An AuthorizationPolicy change rewrites security.json and moves the version on; a publish
+    that changes only a pod's security part is still seen at once."""
+    monkeypatch.setattr(snapshots, "RECHECK_S", NEVER_S)
+    _publish(tmp_path, 1)
+    store, dir_fd = _store(tmp_path, NEVER_S)
+    task = asyncio.ensure_future(store.watch())
+    try:
+        await _until_version(store, 1)
+        identity = "spiffe://cluster.local/ns/default/sa/a"
+        tmp = tmp_path / ".security.json.tmp"
+        tmp.write_text(security_json("a", Security(identity=identity)))
+        os.replace(tmp, tmp_path / SECURITY_FILE)
+        async with asyncio.timeout(20):
+            while store.current.snapshot.security.identity != identity:
+                await asyncio.sleep(0.01)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -167,6 +167,9 @@ def assert_consistent(m: Mesh) -> dict[str, str]:
         for svc in snap["services"]:
             assert {e["pod"] for e in svc["endpoints"]} <= set(pods), f"{name}'s snapshot endpoints"
         assert not [f for f in os.listdir(pod_dir) if f.endswith(".tmp")], "staged snapshot left behind"
+        assert json.loads((pod_dir / "security.json").read_text())["pod"] == name, f"{name}'s security.json"
+    # publish's shared staged file, hard-linked into the pod directories and then unlinked
+    assert not [f for f in os.listdir(m.state_dir) if f.startswith(".snapshot.json.")], "shared staged snapshot left behind"
     return {n: p["ip"] for n, p in pods.items()}
 
 

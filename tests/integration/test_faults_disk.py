@@ -187,6 +187,8 @@ def snapshots_ok(m: Mesh, pods: list[str]) -> None:
     for pod in pods:
         json.loads((m.state_dir / "pods" / pod / "snapshot.json").read_text())  # whole, parseable
         assert not [f for f in os.listdir(m.state_dir / "pods" / pod) if f.endswith(".tmp")]
+        assert json.loads((m.state_dir / "pods" / pod / "security.json").read_text())["pod"] == pod
+    assert not [f for f in os.listdir(m.state_dir) if f.startswith(".snapshot.json.")]  # the shared staged file
 
 
 def test_full_disk_met_by_a_file_write_rolls_back(mesh: Mesh, tmp_path: Path) -> None:
