@@ -21,6 +21,7 @@ The search functions are pure over the directories they are given (tests/unit/te
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
 import importlib.machinery
 import importlib.util
 import os
@@ -80,6 +81,30 @@ def find_wrapper_dir(search: Iterable[Path], suffixes: Iterable[str]) -> Path | 
     return None
 
 
+def soname(name: str, listings: Iterable[Iterable[str]]) -> str | None:
+    """What ``ctypes.util.find_library(name)`` answers on Linux (a soname such as
+    ``libip4tc.so.2``) from the system library directories' listings, most specific first
+    (pure): the ``lib<name>.so.<major>`` of the first directory holding one. None when none does,
+    or when a directory holds two majors (which one ldconfig's cache lists first is its business:
+    the caller asks it)."""
+    prefix = f"lib{name}.so."
+    for names in listings:
+        found = {n for n in names if n.startswith(prefix) and n[len(prefix):].isdigit()}
+        if len(found) == 1:
+            return found.pop()
+        if found:
+            return None
+    return None
+
+
+def _listings(dirs: Iterable[Path]) -> Iterator[list[str]]:
+    for d in dirs:
+        try:
+            yield os.listdir(d)
+        except OSError:
+            continue
+
+
 def iptc_env(environ: MutableMapping[str, str] | dict[str, str], xtables: tuple[Path, Path] | None,
              wrapper_dir: Path | None) -> dict[str, str]:
     """The variables to set for the import (pure): only what was found and is not set already."""
@@ -119,9 +144,21 @@ def quick_iptc_import() -> Iterator[None]:
     os.environ.update(env)
     if block_distutils:
         sys.modules["distutils"] = None  # type: ignore[assignment]  # import raises ModuleNotFoundError
+    # python-iptables asks ctypes.util.find_library for libc, xtables, ip4tc and ip6tc (libc
+    # twice); on Linux each call runs `ldconfig -p` and parses its output: five processes started
+    # from the CLI on every create. The same answer from the library directories' listings,
+    # falling back to ctypes wherever they do not settle it.
+    listings = list(_listings(system_lib_dirs()))
+    stock = ctypes.util.find_library
+
+    def find_library(name: str) -> str | None:
+        return soname(name, listings) or stock(name)
+
+    ctypes.util.find_library = find_library
     try:
         yield
     finally:
+        ctypes.util.find_library = stock
         for key in env:
             os.environ.pop(key, None)
         if block_distutils and sys.modules.get("distutils", "") is None:

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from meshns.intercept.xtlibs import find_wrapper_dir, find_xtables, iptc_env, system_lib_dirs
+import pytest
+
+from meshns.intercept.xtlibs import find_wrapper_dir, find_xtables, iptc_env, soname, system_lib_dirs
 
 
 def _touch(path: Path) -> Path:
@@ -64,7 +66,39 @@ def test_import_leaves_no_trace_in_the_environment() -> None:
             "import iptc.xtables as x\n"
             "assert 'XTABLES_LIBDIR' not in os.environ and 'IPTABLES_LIBDIR' not in os.environ\n"
             "assert sys.modules.get('distutils', 0) is not None\n"
+            "import ctypes.util\n"
+            "assert ctypes.util.find_library.__module__ == 'ctypes.util'\n"
             "print(x._xtables_libdir)\n")
     env = {k: v for k, v in os.environ.items() if k not in ("XTABLES_LIBDIR", "IPTABLES_LIBDIR")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert Path(out.stdout.strip()).name == "xtables"
+
+
+@pytest.mark.parametrize(("name", "listings", "want"), [
+    ("ip4tc", [["libip4tc.so.2", "libip4tc.so.2.0.0", "libc.so.6"]], "libip4tc.so.2"),
+    ("c", [["libc.so.6", "libcap.so.2"]], "libc.so.6"),
+    ("xtables", [[], ["libxtables.so.12"]], "libxtables.so.12"),  # the first directory holding one
+    ("xtables", [["libxtables.so.12"], ["libxtables.so.10"]], "libxtables.so.12"),
+    ("ip4tc", [["libip4tc.so", "libip4tc.so.2.0.0"]], None),  # dev link and full version only
+    ("foo", [["libfoo.so.1", "libfoo.so.2"]], None),  # two majors: ldconfig decides
+    ("c", [["libcrypt.so.1", "libc.so"]], None),
+    ("ip4tc", [], None),
+])
+def test_soname_from_listings(name: str, listings: list[list[str]], want: str | None) -> None:
+    assert soname(name, listings) == want
+
+
+def test_import_starts_no_ldconfig() -> None:
+    """python-iptables' five find_library calls are answered from the listings: no `ldconfig -p`
+    (a process each, from the CLI, on every create)."""
+    code = ("import subprocess\n"
+            "real = subprocess.Popen.__init__\n"
+            "seen = []\n"
+            "def spy(self, args, *a, **k):\n"
+            "    seen.append(args)\n"
+            "    real(self, args, *a, **k)\n"
+            "subprocess.Popen.__init__ = spy\n"
+            "from meshns.intercept import apply\n"
+            "print(seen)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
