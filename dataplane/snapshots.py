@@ -56,13 +56,31 @@ class SnapshotStore:
         self.security_path = security_path or os.path.join(os.path.dirname(path), SECURITY_FILE)
         self.pod = pod
         self.poll_s = poll_s
-        self.current = Loaded(Snapshot(version=0, pod=pod), {})
+        self._current = Loaded(Snapshot(version=0, pod=pod), {})
+        # Set when the pod directory changed (the watch): the next use of ``current`` re-checks
+        # the files first. An idle sidecar then does nothing when publish rewrites every pod's
+        # snapshot (a create changes the workloads every pod lists): on a host of a hundred pods,
+        # a hundred reloads per create otherwise, on the CPU the next create needs.
+        self._dirty = False
         self.reloads = 0
         self.reload_errors = 0
         self._seen: tuple[Ident, Ident | None] | None = None
         # The decoded file behind ``current`` (None: set directly, or nothing loaded yet): a
         # rewrite that only moves the version on is swapped in without rebuilding anything.
         self._raw: dict[str, Any] | None = None
+
+    @property
+    def current(self) -> Loaded:
+        """The snapshot in force, re-checked first if the files changed since the last use."""
+        if self._dirty:
+            self._dirty = False
+            self.check()
+        return self._current
+
+    @property
+    def noticed(self) -> bool:
+        """A change of the files was noticed and not read yet (it will be at the next use)."""
+        return self._dirty
 
     @property
     def version(self) -> int:
@@ -73,7 +91,7 @@ class SnapshotStore:
 
     def set(self, snapshot: Snapshot) -> None:
         """Swap in a snapshot directly (tests, and the file loader below)."""
-        self.current = Loaded(snapshot, snapshot.by_dst())
+        self._current = Loaded(snapshot, snapshot.by_dst())
         self.reloads += 1
         self._raw = None
 
@@ -123,19 +141,20 @@ class SnapshotStore:
             # marked ready at the end of its create) leave them as they were but for the
             # version: every sidecar rebuilding its objects and indexes for that is CPU taken
             # from the create, times the number of pods.
-            snapshot = (dataclasses.replace(self.current.snapshot, version=raw["version"]) if same
+            snapshot = (dataclasses.replace(self._current.snapshot, version=raw["version"]) if same
                         else snapshot_from_dict(raw))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             self._seen = idents  # not read again until one of them changes
             self.reload_errors += 1
             log.error("snapshot: %s or %s is unusable, keeping version %d: %s",
-                      self.path, self.security_path, self.version, exc)
+                      self.path, self.security_path, self._current.snapshot.version, exc)
             return False
-        if snapshot.version < self.version:
-            log.warning("snapshot: ignoring older version %d (have %d)", snapshot.version, self.version)
+        if snapshot.version < self._current.snapshot.version:
+            log.warning("snapshot: ignoring older version %d (have %d)", snapshot.version,
+                        self._current.snapshot.version)
             return False
         if same:
-            self.current = Loaded(snapshot, self.current.by_dst)
+            self._current = Loaded(snapshot, self._current.by_dst)
             self.reloads += 1
         else:
             self.set(snapshot)
@@ -144,16 +163,17 @@ class SnapshotStore:
         return True
 
     async def watch(self) -> None:
-        """Reload whenever the snapshot changes: woken by an inotify watch on the pod directory
-        (dataplane.dirwatch) where the kernel grants one, with a slow re-check behind it; polled
-        every ``poll_s`` where not."""
+        """Note every change of the pod directory: told by an inotify watch (dataplane.dirwatch)
+        where the kernel grants one, with a slow re-check behind it; every ``poll_s`` where not.
+        The files are read at the next use of ``current`` (every connection, request, status
+        and metrics read goes through it), not here."""
         watch_fd = dirwatch.open_watch(self.dir_fd) if self.dir_fd is not None else None
         loop = asyncio.get_running_loop()
         if watch_fd is not None:
             loop.add_reader(watch_fd, self._on_dir_event, watch_fd)
         try:
             while True:
-                self.check()
+                self._dirty = True
                 await asyncio.sleep(self.poll_s if watch_fd is None else max(self.poll_s, RECHECK_S))
         finally:
             if watch_fd is not None:
@@ -162,7 +182,7 @@ class SnapshotStore:
 
     def _on_dir_event(self, watch_fd: int) -> None:
         if dirwatch.drain(watch_fd):
-            self.check()
+            self._dirty = True
 
 
 def same_but_version(new: object, old: dict[str, Any]) -> bool:

@@ -55,6 +55,35 @@ async def test_a_rename_into_the_pod_directory_wakes_the_store(tmp_path: Path,
 
 
 @uvloop_test
+async def test_a_change_is_read_at_the_next_use_not_when_noticed(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle sidecar does not reload when publish rewrites every pod's snapshot: the watch only
+    notes the change, and the first use of the store reads it."""
+    monkeypatch.setattr(snapshots, "RECHECK_S", NEVER_S)
+    _publish(tmp_path, 1)
+    store, dir_fd = _store(tmp_path, NEVER_S)
+    assert store.check()
+    task = asyncio.ensure_future(store.watch())
+    try:
+        async with asyncio.timeout(20):
+            while store.noticed:  # the watch's own first mark, read below
+                store.current  # noqa: B018 - the use that reads it
+                await asyncio.sleep(0.01)
+        reloads = store.reloads
+        _publish(tmp_path, 2)
+        async with asyncio.timeout(20):
+            while not store.noticed:
+                await asyncio.sleep(0.01)
+        assert store.reloads == reloads  # noticed, not read
+        assert store.lookup("10.9.9.9", 80) is None and store.version == 2
+        assert store.reloads == reloads + 1 and not store.noticed
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        os.close(dir_fd)
+
+
+@uvloop_test
 async def test_a_security_file_renamed_in_alone_wakes_the_store(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """An AuthorizationPolicy change rewrites security.json and moves the version on; a publish
