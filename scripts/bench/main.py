@@ -43,6 +43,8 @@ HAPROXY_USER = "haproxy"  # Debian's haproxy package makes this system user: a u
 # A short drain keeps delete quick; not 0, which the sidecar's config refuses (it then never
 # listens and create fails on the outbound probe, though the CLI accepts 0).
 DRAIN = ("--drain-timeout", "0.5")
+# Hypervisor steal above this share of the run's CPU time is noted with the figures.
+STEAL_NOTE = 0.02
 # The scale section: its pods' names, and the unmodified client app that holds the connections
 # (the load test's; standard library only). It opens them in batches of IDLE_BATCH, each batch
 # connected and answered before the next (a ramp well under the sidecar's listen backlog).
@@ -505,6 +507,7 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(sig, _interrupt)
     t0 = time.monotonic()
     load_before = measure.loadavg()
+    cpu_before = measure.cpu_times()
     tmp = Path(tempfile.mkdtemp(prefix=topology.TMP_PREFIX))
     tmp.chmod(0o755)  # nginx workers (nobody) read www/ under it
     progress = Progress(total_steps(settings, args.only))
@@ -532,7 +535,7 @@ def _run(args: argparse.Namespace) -> int:
         # After the rounds: its 100 extra sidecars and 10,000 connections must not weigh on them.
         bench.run_scale()
         progress.step(f"report to {args.out}")
-        text = _report(bench, settings, args, load_before, t0)
+        text = _report(bench, settings, args, load_before, cpu_before, t0)
         progress.result("done")
         print("\n" + text, flush=True)
     except KeyboardInterrupt:
@@ -568,12 +571,14 @@ def _dump_logs(bench: Bench) -> None:
               file=sys.stderr)
 
 
-def _report(bench: Bench, settings: Settings, args: argparse.Namespace, load_before: float, t0: float) -> str:
+def _report(bench: Bench, settings: Settings, args: argparse.Namespace, load_before: float,
+            cpu_before: tuple[int, int], t0: float) -> str:
     """Writes bench.json, bench.png and bench.txt; returns the text for the terminal."""
     med = report.medians(bench.rounds)
     rat = report.ratios(med)
     verdicts = report.bar(med, rat, bench.rss_peak_mb, bench.scale)
     load_after = measure.loadavg()
+    steal = measure.steal_share(cpu_before, measure.cpu_times())
     notes = list(bench.notes)
     if args.only == "all":
         notes.append("HAProxy: nbthread 1 per process (one meshns sidecar is one Python process), mode http, "
@@ -590,10 +595,14 @@ def _report(bench: Bench, settings: Settings, args: argparse.Namespace, load_bef
     if max(load_before, load_after) > 0.5:
         notes.append(f"machine not idle: load average {load_before:.2f} before, {load_after:.2f} after; "
                      "figures are noisy")
+    if steal >= STEAL_NOTE:
+        notes.append(f"hypervisor steal: {steal:.0%} of this VM's CPU time during the run went to other guests; "
+                     "figures are noisy, the meshns rows most (two busy processes on 2 cores)")
     doc = report.document(
         machine=measure.machine_facts(REPO),
         settings={**asdict(settings), "mode": "quick" if args.quick else "full", "only": args.only, "rate": RATE,
                   "connections": CONNS, "load_before": load_before, "load_after": load_after,
+                  "cpu_steal_share": round(steal, 4),
                   "wall_s_before_report": round(time.monotonic() - t0, 1)},
         rounds=bench.rounds, med=med, rat=rat, rss_peak_mb=bench.rss_peak_mb, verdicts=verdicts, notes=notes,
         scale=bench.scale)

@@ -124,6 +124,29 @@ def machine_facts(repo: Path) -> dict[str, object]:
     }
 
 
+def cpu_times() -> tuple[int, int]:
+    """(steal, total) clock ticks of all CPUs since boot, from /proc/stat's first line. Steal is
+    time the hypervisor gave this VM's CPUs to other guests: on a shared host it can take a large
+    share of a run, and nothing in the load average shows it."""
+    first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return parse_cpu_line(first)
+
+
+def parse_cpu_line(words: list[str]) -> tuple[int, int]:
+    """(steal, total) from /proc/stat's ``cpu`` line split into words (pure). The first eight
+    counters are user, nice, system, idle, iowait, irq, softirq, steal; guest time is already
+    counted in user, so it is left out of the total."""
+    values = [int(w) for w in words[1:9]]
+    values += [0] * (8 - len(values))
+    return values[7], sum(values)
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of CPU time stolen between two cpu_times() readings (pure); 0 if none passed."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
 def loadavg() -> float:
     """The 1-minute load average: how busy the machine was besides us (2 cores: >1 is a lot)."""
     return float(Path("/proc/loadavg").read_text().split()[0])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import parse, render, report
+from bench import measure, parse, render, report
 
 WRK_OUT = """Running 2s test @ http://127.0.0.1:18089/1k
   1 threads and 16 connections
@@ -336,3 +336,21 @@ def test_chart_with_the_scale_panels(tmp_path: Path) -> None:
     med = report.medians(_rounds())
     report.write_chart(tmp_path / "bench.png", med, {"meshns": {"client sidecar": 34.0}}, _scale())
     assert (tmp_path / "bench.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(("line", "want"), [
+    ("cpu  5822085 39906 1799140 8505730 34175 0 256122 849118 0 0", (849118, 5822085 + 39906 + 1799140 + 8505730
+                                                                      + 34175 + 0 + 256122 + 849118)),
+    ("cpu  10 0 5 85", (0, 100)),  # an old kernel without the later counters
+])
+def test_cpu_line(line: str, want: tuple[int, int]) -> None:
+    assert measure.parse_cpu_line(line.split()) == want
+
+
+@pytest.mark.parametrize(("before", "after", "share"), [
+    ((100, 1000), (150, 1200), 0.25),
+    ((100, 1000), (100, 1200), 0.0),
+    ((100, 1000), (100, 1000), 0.0),  # no time passed
+])
+def test_steal_share(before: tuple[int, int], after: tuple[int, int], share: float) -> None:
+    assert measure.steal_share(before, after) == pytest.approx(share)
