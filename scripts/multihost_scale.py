@@ -3,7 +3,8 @@
 Builds registry records in memory for H hosts x P pods per host and S services (each pod serves
 one service; one VirtualService + DestinationRule per service, one AuthorizationPolicy per 10
 services) and runs the same compile path `netns.publish` runs after every change an agent
-applies: security, services, workloads, and the snapshot (JSON) of each of one host's pods. No namespaces, no
+applies: security, services, workloads, the mesh-wide snapshot (JSON, encoded once) and each of one
+host's pods' own part. No namespaces, no
 network: this is the control-plane cost a host pays per change, per its pod count.
 
     .venv/bin/python scripts/multihost_scale.py [--quick]
@@ -16,9 +17,10 @@ import json
 import time
 from ipaddress import IPv4Network
 
-from meshns.compiler import compile_services, pod_security, security_for, snapshot_for, stored_docs, workloads_of
+from meshns.compiler import compile_services, pod_security, security_for, stored_docs, workloads_of
 from meshns.model import PodSpec, RemotePod, ServicePortDecl, ServiceRecord
 from meshns.registry import ConfigRow
+from meshns.snapshot import mesh_json, security_json
 
 TD = "cluster.local"
 
@@ -67,9 +69,11 @@ def measure(hosts: int, pods_per_host: int, services: int) -> dict[str, float]:
         sec = pod_security(pods, docs, TD)
         compiled, _ = compile_services(svcs, pods, docs, sec)
         workloads = workloads_of(pods, sec)
-        memo: dict[int, object] = {}
-        for pod in pods[:pods_per_host]:  # one host's publish: a snapshot for each of its pods
-            text = snapshot_for(pod.name, 1, compiled, workloads, security_for(pod.name, sec, TD, [])).to_json(memo)
+        # One host's publish: the mesh-wide part encoded once (then hard-linked into each of its
+        # pods' directories), and each of its pods' own part.
+        text = mesh_json(1, compiled, workloads)
+        for pod in pods[:pods_per_host]:
+            security_json(pod.name, security_for(pod.name, sec, TD, []))
         best = min(best, time.perf_counter() - t0)
         size = len(text)
     return {"hosts": hosts, "pods": len(pods), "services": services, "compile_ms": best * 1000,
