@@ -29,25 +29,17 @@ IN_NONBLOCK: Final = os.O_NONBLOCK
 IN_CLOEXEC: Final = os.O_CLOEXEC
 MASK: Final = IN_CLOSE_WRITE | IN_MOVED_TO  # publish renames; an operator's editor may write in place
 
-_libc: ctypes.CDLL | None = None
-
-
-def _c() -> ctypes.CDLL:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def open_watch(dir_fd: int) -> int | None:
     """A non-blocking inotify descriptor watching the directory open as ``dir_fd``; None (and a
     warning saying why) if the kernel refuses one."""
-    libc = _c()
-    fd = int(libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
+    fd = int(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
     if fd < 0:
         _refused("inotify_init1", ctypes.get_errno())
         return None
-    wd = int(libc.inotify_add_watch(fd, f"/proc/self/fd/{dir_fd}".encode(), MASK))
+    wd = int(_libc.inotify_add_watch(fd, f"/proc/self/fd/{dir_fd}".encode(), MASK))
     if wd < 0:
         err = ctypes.get_errno()
         os.close(fd)
