@@ -50,16 +50,24 @@ def staged_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def _stage(path: Path, text: str) -> Path:
-    """Write ``text`` next to ``path`` under a temporary name; nothing is left behind on failure."""
+def _fresh_staged_name(path: Path) -> Path:
+    """``staged_name(path)``, with any file of that name removed first. A leftover of a killed
+    publish whose pid was ours may be a second name of every pod's live snapshot.json (killed
+    after its renames, before it unlinked the shared file): unlinked, never truncated or reused."""
     tmp = staged_name(path)
-    # A leftover of a killed publish whose pid was ours may be a second name of every pod's live
-    # snapshot.json (killed after its renames, before it unlinked the shared file): unlinked, never
-    # truncated, and the new file created exclusively.
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
+    return tmp
+
+
+def _stage(path: Path, text: str) -> Path:
+    """Write ``text`` next to ``path`` under a temporary name; nothing is left behind on failure."""
+    return _write_staged(_fresh_staged_name(path), text)
+
+
+def _write_staged(tmp: Path, text: str) -> Path:
     try:
-        with open(tmp, "x", encoding="utf-8") as f:
+        with open(tmp, "x", encoding="utf-8") as f:  # exclusively: see _fresh_staged_name
             f.write(text)
         os.chmod(tmp, 0o644)
     except BaseException:
@@ -71,15 +79,13 @@ def _stage(path: Path, text: str) -> Path:
 
 def _stage_link(shared: Path, path: Path, text: str) -> Path:
     """Stage ``path`` as a second name of the already staged ``shared`` (whose text is ``text``)."""
-    tmp = staged_name(path)
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()  # a killed publish of a process that had our pid
+    tmp = _fresh_staged_name(path)
     try:
         os.link(shared, tmp)
     except OSError as exc:
         if exc.errno not in _NO_LINK:
             raise
-        return _stage(path, text)
+        return _write_staged(tmp, text)
     return tmp
 
 
