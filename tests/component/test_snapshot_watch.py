@@ -5,7 +5,9 @@ store polls."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -24,15 +26,30 @@ def _publish(pod_dir: Path, version: int) -> None:
     os.replace(tmp, pod_dir / "snapshot.json")  # as publish does: a rename into the directory
 
 
-async def _until_version(store: SnapshotStore, version: int) -> None:
+async def _until(ready: Callable[[], bool]) -> None:
     async with asyncio.timeout(20):
-        while store.version != version:
+        while not ready():
             await asyncio.sleep(0.01)
 
 
-def _store(pod_dir: Path, poll_s: float) -> tuple[SnapshotStore, int]:
+async def _until_version(store: SnapshotStore, version: int) -> None:
+    await _until(lambda: store.version == version)
+
+
+@contextlib.asynccontextmanager
+async def _watching(pod_dir: Path, poll_s: float, *, checked: bool = False) -> AsyncIterator[SnapshotStore]:
+    """A store on ``pod_dir`` with its watch running (``checked``: the files read once first)."""
     dir_fd = os.open(pod_dir, os.O_RDONLY | os.O_DIRECTORY)
-    return SnapshotStore("a", dir_fd, poll_s=poll_s), dir_fd
+    store = SnapshotStore("a", dir_fd, poll_s=poll_s)
+    if checked:
+        assert store.check()
+    task = asyncio.ensure_future(store.watch())
+    try:
+        yield store
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        os.close(dir_fd)
 
 
 @uvloop_test
@@ -40,18 +57,12 @@ async def test_a_rename_into_the_pod_directory_wakes_the_store(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(snapshots, "RECHECK_S", NEVER_S)
     _publish(tmp_path, 1)
-    store, dir_fd = _store(tmp_path, NEVER_S)
-    task = asyncio.ensure_future(store.watch())
-    try:
+    async with _watching(tmp_path, NEVER_S) as store:
         await _until_version(store, 1)  # the first check, at start
         for version in (2, 3, 4):
             _publish(tmp_path, version)
             await _until_version(store, version)  # only the watch can have noticed
         assert store.reload_errors == 0
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        os.close(dir_fd)
 
 
 @uvloop_test
@@ -61,26 +72,15 @@ async def test_a_change_is_read_at_the_next_use_not_when_noticed(tmp_path: Path,
     notes the change, and the first use of the store reads it."""
     monkeypatch.setattr(snapshots, "RECHECK_S", NEVER_S)
     _publish(tmp_path, 1)
-    store, dir_fd = _store(tmp_path, NEVER_S)
-    assert store.check()
-    task = asyncio.ensure_future(store.watch())
-    try:
-        async with asyncio.timeout(20):
-            while store.noticed:  # the watch's own first mark, read below
-                store.current  # noqa: B018 - the use that reads it
-                await asyncio.sleep(0.01)
+    async with _watching(tmp_path, NEVER_S, checked=True) as store:
+        # The watch's own first mark, read by the use in the condition.
+        await _until(lambda: store.current is not None and not store.noticed)
         reloads = store.reloads
         _publish(tmp_path, 2)
-        async with asyncio.timeout(20):
-            while not store.noticed:
-                await asyncio.sleep(0.01)
+        await _until(lambda: store.noticed)
         assert store.reloads == reloads  # noticed, not read
         assert store.lookup("10.9.9.9", 80) is None and store.version == 2
         assert store.reloads == reloads + 1 and not store.noticed
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        os.close(dir_fd)
 
 
 @uvloop_test
@@ -90,35 +90,21 @@ async def test_a_security_file_renamed_in_alone_wakes_the_store(tmp_path: Path,
     that changes only a pod's security part is still seen at once."""
     monkeypatch.setattr(snapshots, "RECHECK_S", NEVER_S)
     _publish(tmp_path, 1)
-    store, dir_fd = _store(tmp_path, NEVER_S)
-    task = asyncio.ensure_future(store.watch())
-    try:
+    async with _watching(tmp_path, NEVER_S) as store:
         await _until_version(store, 1)
         identity = "spiffe://cluster.local/ns/default/sa/a"
         tmp = tmp_path / ".security.json.tmp"
         tmp.write_text(security_json("a", Security(identity=identity)))
         os.replace(tmp, tmp_path / SECURITY_FILE)
-        async with asyncio.timeout(20):
-            while store.current.snapshot.security.identity != identity:
-                await asyncio.sleep(0.01)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        os.close(dir_fd)
+        await _until(lambda: store.current.snapshot.security.identity == identity)
 
 
 @uvloop_test
 async def test_without_a_watch_the_store_polls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dirwatch, "open_watch", lambda _dir_fd: None)  # e.g. max_user_instances reached
-    store, dir_fd = _store(tmp_path, 0.02)
-    task = asyncio.ensure_future(store.watch())
-    try:
+    async with _watching(tmp_path, 0.02) as store:
         _publish(tmp_path, 7)
         await _until_version(store, 7)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        os.close(dir_fd)
 
 
 def test_watch_sees_renames_and_writes_and_drain_empties_it(tmp_path: Path) -> None:
