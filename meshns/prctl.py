@@ -4,8 +4,9 @@
   process cannot ptrace it; every sidecar runs as uid 1337, so without it one pod's sidecar could
   read another's key.
 - no_new_privs: no execve (setuid binary, file capability) can ever raise privileges again.
-- parent death signal: a sidecar started early (as root, before its pod is ready) dies with its
-  supervisor; the kernel clears the setting when the process changes its uid.
+- parent death signal: a sidecar dies with its supervisor, SIGKILL while it is still root (started
+  early, before its pod is ready), SIGTERM (drain and exit) once it is the proxy user; the kernel
+  clears the setting when the process changes its uid, so become_proxy sets it again after.
 """
 
 from __future__ import annotations

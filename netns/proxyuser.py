@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 from pathlib import Path
 
 from meshns import prctl
@@ -50,6 +51,7 @@ def thread_count() -> int:
 
 
 def become_proxy(netns: str) -> None:
+    supervisor = os.getppid()
     if thread_count() != 1:
         raise SystemFailure("the sidecar must be single-threaded to enter the pod's namespace")
     enter_netns(netns)
@@ -62,3 +64,11 @@ def become_proxy(netns: str) -> None:
     os.setgid(PROXY_GID)
     os.setuid(PROXY_UID)  # from root to 1337: every capability is gone from here on
     prctl.no_new_privs()  # and no setuid binary or file capability can bring one back
+    # A sidecar never outlives its supervisor (as Envoy never outlives pilot-agent): orphaned, it
+    # would go on serving a pod nobody manages, and hold the pod's namespace, rules included, alive
+    # after the namespace's name is gone. The uid change above cleared any parent death signal (the
+    # kernel does on every credential change), so it is set here, after it: SIGTERM, the sidecar's
+    # own drain-and-exit. A supervisor that died before this line is caught by the check below.
+    prctl.parent_death_signal(signal.SIGTERM)
+    if os.getppid() != supervisor:
+        raise SystemFailure("the supervisor exited while the sidecar was starting")

@@ -162,7 +162,7 @@ class Supervisor:
     def _early_preexec() -> None:
         # Started early (create): root in the host namespace until the sidecar gets its config
         # and calls become_proxy itself. If this supervisor dies first, so does that process;
-        # the uid change in become_proxy clears this again (credential changes reset it).
+        # the uid change in become_proxy clears this, and become_proxy sets SIGTERM after it.
         prctl.parent_death_signal(signal.SIGKILL)
 
     def start_sidecar(self) -> None:

@@ -174,6 +174,35 @@ def test_sidecar_killed_is_restarted_and_app_never_bypasses_it(mesh: Mesh, tmp_p
     assert mesh.status("client")["sidecar_restarts"] == 1
 
 
+def _gone(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "State:\tZ" in status.read_text()
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("started", ["at create", "restarted"])
+def test_sidecar_does_not_outlive_its_supervisor(mesh: Mesh, started: str) -> None:
+    # Both ways a sidecar starts: early, for a pod being created (it drops to the proxy user
+    # itself), and by the supervisor alone after the first one died (in the forked child).
+    mesh.run("create", "web", "--", "sleep", "600")
+    status = mesh.status("web")
+    if started == "restarted":
+        os.kill(int(status["sidecar_pid"]), signal.SIGKILL)
+        wait_for(lambda: mesh.status("web")["sidecar_pid"] not in (None, status["sidecar_pid"])
+                 and mesh.status("web")["sidecar"] == "running", what="restart")
+        status = mesh.status("web")
+    sidecar, app = int(status["sidecar_pid"]), int(status["app_pid"])
+    os.kill(int(status["supervisor_pid"]), signal.SIGKILL)
+    # Orphaned, it would go on serving a pod nobody manages, and keep the pod's namespace (and
+    # its rules) alive even after the namespace's name is removed.
+    wait_for(lambda: _gone(sidecar), what="the sidecar gone with its supervisor")
+    assert not _gone(app)  # the app is the user's: it stays, and its traffic now fails closed
+    mesh.run("delete", "web")
+    assert mesh.leftovers() == []
+
+
 def test_delete_leaves_nothing(mesh: Mesh, tmp_path: Path) -> None:
     www = serve_dir(tmp_path, b"x")
     mesh.run("create", "web", "--", *http_server(www, 8080))
