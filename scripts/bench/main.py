@@ -300,10 +300,13 @@ class Bench:
             lat = parse.latency_ms(f.log)
             # Anything but a 2xx: streams that failed (-1 in the log) and error statuses alike.
             failed = max(f.log.failed, f.summary.total - f.summary.status_2xx)
+            spread = parse.arrivals(f.log.starts_us)
             self.progress.result("p50 {p50:.2f}  p90 {p90:.2f}  p99 {p99:.2f} ms".format(**lat)
                                  + (f" ({failed} failed)" if failed else ""))
             return {"rate": n / self.s.fixed_s, "requests": n, "failed": failed,
                     **{f"{q}_ms": v for q, v in lat.items()},
+                    "arrival_gap_us": spread.median_gap_us if spread else None,
+                    "arrivals_clumped": spread.clumped if spread else None,
                     "cpu_s": cpu, "cpu_s_per_1k": _per_1k(cpu, n + f.log.failed)}
         w = measure.wrk(path.runner, path.base + render.BULK_PATH, connections=self.s.bulk_conns,
                         seconds=self.s.bulk_s)
@@ -315,7 +318,7 @@ class Bench:
     def run_rounds(self) -> None:
         what = {
             "rps": f"max req/s (wrk -c{CONNS}, {self.s.rps_s} s)",
-            "fixed": f"fixed-rate {RATE:g} req/s (h2load -c{CONNS}, {self.s.fixed_s} s)",
+            "fixed": f"fixed-rate {RATE:g} req/s (h2load -c{CONNS} spread, {self.s.fixed_s} s)",
             "bulk": f"bulk 1 MiB, mTLS (wrk -c{self.s.bulk_conns}, {self.s.bulk_s} s)",
             "bulk_plain": f"bulk 1 MiB, no mTLS (wrk -c{self.s.bulk_conns}, {self.s.bulk_s} s)",
         }
@@ -329,6 +332,20 @@ class Bench:
                     self.progress.step(f"round {r + 1}/{self.s.rounds} {system:<8} {label}")
                     figures[f"{kind}/{system}"] = self.case(kind, system)
         self.check_mesh_tls("after the rounds")
+        self.note_arrivals()
+
+    def note_arrivals(self) -> None:
+        """How evenly the fixed-rate runs sent their requests (measure.h2load_fixed), from the
+        load generator's own log: every latency row is only as meaningful as this."""
+        runs = [r[f"fixed/{s}"] for r in self.rounds for s in report.SYSTEMS if f"fixed/{s}" in r]
+        gaps = [float(f["arrival_gap_us"]) for f in runs if f.get("arrival_gap_us") is not None]
+        clumped = [float(f["arrivals_clumped"]) for f in runs if f.get("arrivals_clumped") is not None]
+        if gaps and clumped:
+            self.notes.append(
+                f"fixed rate: h2load's {CONNS} connections opened {max(1, round(1000 / RATE))} ms apart, so one "
+                f"request about every {parse.median(gaps):.0f} us (median gap between starts, over all runs); "
+                f"{max(clumped):.0%} at most of the gaps under {parse.CLUMP_US} us (timers that drifted "
+                f"together); opened together, the {CONNS} would fire at once every {CONNS * 1000 / RATE:g} ms")
 
     # ---- scale -------------------------------------------------------------------------------
 

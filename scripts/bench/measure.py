@@ -48,10 +48,19 @@ class FixedRate:
 
 def h2load_fixed(runner: Runner, url: str, *, connections: int, rate: float, seconds: int,
                  log_path: Path) -> FixedRate:
-    """``rate`` req/s in total, spread evenly over ``connections`` HTTP/1.1 connections."""
+    """``rate`` req/s in total over ``connections`` HTTP/1.1 connections, one request every
+    1/rate s, as Istio's harness sends them (Nighthawk, open loop, a uniform rate limiter).
+
+    h2load's --rps is per connection, and connections opened together fire together: at 1000
+    req/s over 16 connections, 16 requests within a few microseconds every 16 ms, so each
+    latency would include the wait behind up to 15 others in every proxy on the way. Opening
+    the connections 1/rate s apart (-r 1 --rate-period) staggers their timers by as much, which
+    spreads the requests evenly. -r excludes -D, so the run is a count (rate x seconds)."""
     log_path.unlink(missing_ok=True)  # h2load appends to an existing log file
     per_conn = rate / connections
-    out = _load(runner, ["h2load", "--h1", f"-c{connections}", f"--rps={per_conn:g}", "-D", str(seconds),
+    period_ms = max(1, round(1000 / rate))  # h2load takes whole milliseconds (1 at 1000 req/s)
+    out = _load(runner, ["h2load", "--h1", f"-c{connections}", f"--rps={per_conn:g}", "-r1",
+                         f"--rate-period={period_ms}ms", f"-n{round(rate * seconds)}",
                          f"--log-file={log_path}", url], timeout=seconds + 60)
     return FixedRate(parse.parse_h2load_summary(out), parse.parse_h2load_log(log_path.read_text()))
 

@@ -5,6 +5,7 @@ Every function takes text and returns numbers, so the tests can feed recorded ou
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -98,6 +99,7 @@ class RequestLog:
     failed: int  # status -1 (stream failed) or non-2xx
     first_start_us: int
     last_start_us: int
+    starts_us: tuple[int, ...] = ()  # every request's start, in log order
 
 
 def parse_h2load_log(text: str) -> RequestLog:
@@ -114,7 +116,27 @@ def parse_h2load_log(text: str) -> RequestLog:
             durations.append(duration)
         else:
             failed += 1
-    return RequestLog(tuple(durations), failed, min(starts, default=0), max(starts, default=0))
+    return RequestLog(tuple(durations), failed, min(starts, default=0), max(starts, default=0), tuple(starts))
+
+
+@dataclass(frozen=True)
+class Arrivals:
+    """How the load generator spaced its requests: the median gap between one start and the next,
+    and the share of gaps under ``CLUMP_US`` (requests sent together, queueing behind each other)."""
+
+    median_gap_us: float
+    clumped: float
+
+
+CLUMP_US = 50
+
+
+def arrivals(starts_us: Sequence[int]) -> Arrivals | None:
+    ordered = sorted(starts_us)
+    gaps = [b - a for a, b in itertools.pairwise(ordered)]
+    if not gaps:
+        return None
+    return Arrivals(median(gaps), sum(g < CLUMP_US for g in gaps) / len(gaps))
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -354,3 +354,19 @@ def test_cpu_line(line: str, want: tuple[int, int]) -> None:
 ])
 def test_steal_share(before: tuple[int, int], after: tuple[int, int], share: float) -> None:
     assert measure.steal_share(before, after) == pytest.approx(share)
+
+
+def test_arrivals_spread_and_clumped() -> None:
+    even = parse.arrivals([0, 1000, 2000, 3000, 4000])
+    assert even == parse.Arrivals(1000, 0.0)
+    # h2load's connections opened together: 4 at once every 4 ms
+    burst = parse.arrivals([0, 2, 3, 5, 4000, 4001, 4003, 4004])
+    assert burst is not None and burst.median_gap_us == 2 and burst.clumped == 6 / 7
+    assert parse.arrivals([7]) is None
+    assert parse.arrivals([]) is None
+
+
+def test_h2load_log_keeps_every_start() -> None:
+    log = parse.parse_h2load_log("300\t200\t900\n100\t-1\t5\n200\t200\t700\n")
+    assert log.starts_us == (300, 100, 200)
+    assert parse.arrivals(log.starts_us) == parse.Arrivals(100, 0.0)
