@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import importlib.util
 import logging
 import os
@@ -218,6 +219,12 @@ class Sidecar:
             self._identity_pipe = await identity.attach(self.tls, cfg.identity_fd, pending)
         accesslog.on_batch(self._arm_access_log_flush)
         self._stop = asyncio.Event()
+        # Everything alive now (modules, config, the first snapshot, the TLS contexts) lives as long
+        # as the process: out of the cyclic collector's sight, a full collection under load walks
+        # only what serving made (measured: 12-18 ms pauses of every request in flight before).
+        # Nothing that can form a garbage cycle exists yet (no connection), and frozen objects are
+        # still freed by reference counting.
+        gc.freeze()
         for srv in [*self._relay_servers, self._admin_server, self._metrics_server]:
             if srv is not None:
                 await srv.start_serving()
