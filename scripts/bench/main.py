@@ -43,6 +43,8 @@ HAPROXY_USER = "haproxy"  # Debian's haproxy package makes this system user: a u
 # A short drain keeps delete quick; not 0, which the sidecar's config refuses (it then never
 # listens and create fails on the outbound probe, though the CLI accepts 0).
 DRAIN = ("--drain-timeout", "0.5")
+# Rounds whose calibration loop (measure.calibrate_ms) differs by this factor or more are noted.
+SPEED_NOTE = 1.25
 # Hypervisor steal above this share of the run's CPU time is noted with the figures.
 STEAL_NOTE = 0.02
 # The scale section: its pods' names, and the unmodified client app that holds the connections
@@ -117,6 +119,7 @@ class Bench:
         self.notes: list[str] = []
         self.scale: report.Scale | None = None
         self.idle_client: subprocess.Popen[str] | None = None
+        self.calibration_ms: list[float] = []  # measure.calibrate_ms before each round
 
     # ---- setup -------------------------------------------------------------------------------
 
@@ -325,6 +328,7 @@ class Bench:
         for r in range(self.s.rounds):
             figures: dict[str, report.Figures] = {}
             self.rounds.append(figures)
+            self.calibration_ms.append(round(measure.calibrate_ms(), 1))
             for kind in report.KINDS:
                 for system in report.KIND_SYSTEMS[kind]:
                     label = what[kind] if not (system == "direct" and kind == "bulk") else what["bulk"].replace(
@@ -612,6 +616,11 @@ def _report(bench: Bench, settings: Settings, args: argparse.Namespace, load_bef
     if max(load_before, load_after) > 0.5:
         notes.append(f"machine not idle: load average {load_before:.2f} before, {load_after:.2f} after; "
                      "figures are noisy")
+    calib = bench.calibration_ms
+    if len(calib) > 1 and measure.speed_spread(calib) >= SPEED_NOTE:
+        notes.append(f"machine speed varied: the same Python loop took {', '.join(f'{c:.0f}' for c in calib)} ms "
+                     f"before rounds {', '.join(str(i + 1) for i in range(len(calib)))} "
+                     f"({measure.speed_spread(calib):.1f}x); compare figures within a round, not across")
     if steal >= STEAL_NOTE:
         notes.append(f"hypervisor steal: {steal:.0%} of this VM's CPU time during the run went to other guests; "
                      "figures are noisy, the meshns rows most (two busy processes on 2 cores)")
@@ -619,7 +628,7 @@ def _report(bench: Bench, settings: Settings, args: argparse.Namespace, load_bef
         machine=measure.machine_facts(REPO),
         settings={**asdict(settings), "mode": "quick" if args.quick else "full", "only": args.only, "rate": RATE,
                   "connections": CONNS, "load_before": load_before, "load_after": load_after,
-                  "cpu_steal_share": round(steal, 4),
+                  "cpu_steal_share": round(steal, 4), "calibration_ms": calib,
                   "wall_s_before_report": round(time.monotonic() - t0, 1)},
         rounds=bench.rounds, med=med, rat=rat, rss_peak_mb=bench.rss_peak_mb, verdicts=verdicts, notes=notes,
         scale=bench.scale)

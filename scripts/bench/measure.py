@@ -15,6 +15,7 @@ import platform
 import re
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -154,6 +155,25 @@ def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
     """The share of CPU time stolen between two cpu_times() readings (pure); 0 if none passed."""
     total = after[1] - before[1]
     return (after[0] - before[0]) / total if total > 0 else 0.0
+
+
+CALIBRATION_LOOP = 2_000_000
+
+
+def calibrate_ms(n: int = CALIBRATION_LOOP) -> float:
+    """Wall time of a fixed pure-Python loop, in ms: how fast this machine is at the moment. On a
+    shared host the same VM runs the same code 1.5-3x slower at some hours than at others, with
+    no steal in /proc/stat to show it; each round records this, so rounds can be compared."""
+    t = time.perf_counter()
+    total = 0
+    for i in range(n):
+        total += i
+    return (time.perf_counter() - t) * 1000
+
+
+def speed_spread(samples: Sequence[float]) -> float:
+    """Slowest over fastest calibration (pure): 1.0 means the machine ran at one speed."""
+    return max(samples) / min(samples) if samples and min(samples) > 0 else 1.0
 
 
 def loadavg() -> float:

@@ -370,3 +370,10 @@ def test_h2load_log_keeps_every_start() -> None:
     log = parse.parse_h2load_log("300\t200\t900\n100\t-1\t5\n200\t200\t700\n")
     assert log.starts_us == (300, 100, 200)
     assert parse.arrivals(log.starts_us) == parse.Arrivals(100, 0.0)
+
+
+def test_speed_spread() -> None:
+    assert measure.speed_spread([300.0, 450.0, 330.0]) == 1.5
+    assert measure.speed_spread([300.0]) == 1.0
+    assert measure.speed_spread([]) == 1.0
+    assert measure.calibrate_ms(1000) > 0
