@@ -346,7 +346,7 @@ class Bench:
         clumped = [float(f["arrivals_clumped"]) for f in runs if f.get("arrivals_clumped") is not None]
         if gaps and clumped:
             self.notes.append(
-                f"fixed rate: h2load's {CONNS} connections opened {max(1, round(1000 / RATE))} ms apart, so one "
+                f"fixed rate: h2load's {CONNS} connections opened {measure.stagger_ms(RATE)} ms apart, so one "
                 f"request about every {parse.median(gaps):.0f} us (median gap between starts, over all runs); "
                 f"{max(clumped):.0%} at most of the gaps under {parse.CLUMP_US} us (timers that drifted "
                 f"together); opened together, the {CONNS} would fire at once every {CONNS * 1000 / RATE:g} ms")

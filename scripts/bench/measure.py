@@ -47,6 +47,12 @@ class FixedRate:
     log: parse.RequestLog
 
 
+def stagger_ms(rate: float) -> int:
+    """How far apart h2load_fixed opens its connections: 1/rate s, in the whole milliseconds
+    h2load takes (1 at 1000 req/s)."""
+    return max(1, round(1000 / rate))
+
+
 def h2load_fixed(runner: Runner, url: str, *, connections: int, rate: float, seconds: int,
                  log_path: Path) -> FixedRate:
     """``rate`` req/s in total over ``connections`` HTTP/1.1 connections, one request every
@@ -59,9 +65,8 @@ def h2load_fixed(runner: Runner, url: str, *, connections: int, rate: float, sec
     spreads the requests evenly. -r excludes -D, so the run is a count (rate x seconds)."""
     log_path.unlink(missing_ok=True)  # h2load appends to an existing log file
     per_conn = rate / connections
-    period_ms = max(1, round(1000 / rate))  # h2load takes whole milliseconds (1 at 1000 req/s)
     out = _load(runner, ["h2load", "--h1", f"-c{connections}", f"--rps={per_conn:g}", "-r1",
-                         f"--rate-period={period_ms}ms", f"-n{round(rate * seconds)}",
+                         f"--rate-period={stagger_ms(rate)}ms", f"-n{round(rate * seconds)}",
                          f"--log-file={log_path}", url], timeout=seconds + 60)
     return FixedRate(parse.parse_h2load_summary(out), parse.parse_h2load_log(log_path.read_text()))
 

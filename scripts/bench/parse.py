@@ -97,9 +97,15 @@ class RequestLog:
 
     durations_us: tuple[int, ...]  # of the requests that got a response (status != -1)
     failed: int  # status -1 (stream failed) or non-2xx
-    first_start_us: int
-    last_start_us: int
     starts_us: tuple[int, ...] = ()  # every request's start, in log order
+
+    @property
+    def first_start_us(self) -> int:
+        return min(self.starts_us, default=0)
+
+    @property
+    def last_start_us(self) -> int:
+        return max(self.starts_us, default=0)
 
 
 def parse_h2load_log(text: str) -> RequestLog:
@@ -116,7 +122,7 @@ def parse_h2load_log(text: str) -> RequestLog:
             durations.append(duration)
         else:
             failed += 1
-    return RequestLog(tuple(durations), failed, min(starts, default=0), max(starts, default=0), tuple(starts))
+    return RequestLog(tuple(durations), failed, tuple(starts))
 
 
 @dataclass(frozen=True)

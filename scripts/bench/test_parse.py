@@ -83,7 +83,7 @@ def test_percentile_nearest_rank() -> None:
 
 
 def test_latency_ms_from_log() -> None:
-    log = parse.RequestLog(tuple(range(1000, 101000, 1000)), 0, 0, 0)  # 1..100 ms
+    log = parse.RequestLog(tuple(range(1000, 101000, 1000)), 0)  # 1..100 ms
     assert parse.latency_ms(log) == {"p50": 50.0, "p90": 90.0, "p99": 99.0}
 
 
