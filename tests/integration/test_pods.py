@@ -147,6 +147,15 @@ def test_exclusions(mesh: Mesh, tmp_path: Path) -> None:
     assert accepted(mesh, "web", "inbound") == web + 2
 
 
+def _gone(pid: int) -> bool:
+    """The process has exited (gone, or a zombie its parent has not reaped yet)."""
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "State:\tZ" in status.read_text()
+    except FileNotFoundError:
+        return True
+
+
 def test_sidecar_killed_is_restarted_and_app_never_bypasses_it(mesh: Mesh, tmp_path: Path) -> None:
     www = serve_dir(tmp_path, b"up")
     mesh.run("create", "web", "--", *http_server(www, 8080))
@@ -162,8 +171,7 @@ def test_sidecar_killed_is_restarted_and_app_never_bypasses_it(mesh: Mesh, tmp_p
     os.kill(supervisor, signal.SIGSTOP)
     try:
         os.kill(int(before["sidecar_pid"]), signal.SIGKILL)
-        wait_for(lambda: not os.path.exists(f"/proc/{before['sidecar_pid']}/status")
-                 or "State:\tZ" in Path(f"/proc/{before['sidecar_pid']}/status").read_text(), what="sidecar gone")
+        wait_for(lambda: _gone(int(before["sidecar_pid"])), what="sidecar gone")
         failed = mesh.exec("client", *get, check=False)
         assert failed.returncode != 0 and failed.stdout == ""
     finally:
@@ -172,14 +180,6 @@ def test_sidecar_killed_is_restarted_and_app_never_bypasses_it(mesh: Mesh, tmp_p
              and mesh.status("client")["sidecar"] == "running", what="restart")
     wait_for(lambda: mesh.exec("client", *get, check=False).stdout == "up", what="traffic back")
     assert mesh.status("client")["sidecar_restarts"] == 1
-
-
-def _gone(pid: int) -> bool:
-    status = Path(f"/proc/{pid}/status")
-    try:
-        return "State:\tZ" in status.read_text()
-    except FileNotFoundError:
-        return True
 
 
 @pytest.mark.parametrize("started", ["at create", "restarted"])
