@@ -13,7 +13,7 @@ import os
 import ssl
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, fields
-from typing import Final
+from typing import Final, cast
 
 from meshns.mtls.identity import SCHEME, IdentityError, SpiffeId
 
@@ -90,6 +90,11 @@ def server_context(w: WorkloadTls) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     # The server picks the first of its own list that the client offers.
     _configure(ctx, w, [MESH_ALPN_H2, MESH_ALPN])
+    # Session resumption (TLS 1.3 stateless tickets, sealed with keys this context made at
+    # random, so a ticket outlives neither this identity nor this trust bundle: both build a new
+    # context). One ticket per connection, not OpenSSL's two: a client sidecar keeps one session
+    # per peer (dataplane.tls_sessions), and each ticket costs the server an encryption.
+    ctx.num_tickets = 1
     return ctx
 
 
@@ -147,11 +152,29 @@ def peer_identity(peercert: Mapping[str, object] | None) -> str:
 
 
 def verify_peer(peercert: Mapping[str, object] | None, *, expected: str | None = None,
-                revoked: Collection[str] = ()) -> str:
-    """The peer's SPIFFE URI if it is acceptable, else PeerRejected saying why."""
+                revoked: Collection[str] = (), valid_at: float | None = None) -> str:
+    """The peer's SPIFFE URI if it is acceptable, else PeerRejected saying why.
+
+    ``valid_at``: check the certificate's validity period at this time. A resumed session skips
+    chain verification, and with it the period, so a sidecar whose supervisor stopped renewing its
+    certificate would otherwise stay reachable on old tickets after the certificate expired."""
     peer = peer_identity(peercert)
+    if valid_at is not None:
+        _check_period(cast(Mapping[str, object], peercert), valid_at)
     if peer in revoked:
         raise PeerRejected(f"identity {peer} is revoked")
     if expected is not None and peer != expected:
         raise PeerRejected(f"expected {expected}, peer presented {peer}")
     return peer
+
+
+def _check_period(peercert: Mapping[str, object], now: float) -> None:
+    try:
+        not_before = ssl.cert_time_to_seconds(str(peercert["notBefore"]))
+        not_after = ssl.cert_time_to_seconds(str(peercert["notAfter"]))
+    except (KeyError, ValueError):
+        raise PeerRejected("certificate has no readable validity period") from None
+    if now > not_after:  # as OpenSSL: the last second is still valid
+        raise PeerRejected("certificate expired (resumed session)")
+    if now < not_before:
+        raise PeerRejected("certificate not yet valid (resumed session)")

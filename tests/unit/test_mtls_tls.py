@@ -51,12 +51,14 @@ class Handshake:
         return self.client_error is None and self.server_error is None
 
 
-def handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext) -> Handshake:
+def handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext,
+              session: ssl.SSLSession | None = None) -> Handshake:
     """Pump bytes between a client and a server until both finish or one fails, then exchange a
     message each way (a TLS 1.3 client finishes before the server has judged its certificate; it
-    learns of a rejection only when it next reads)."""
+    learns of a rejection only when it next reads; its read also takes the server's session
+    ticket, so ``client.session`` can then be resumed). ``session``: the client offers it."""
     c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    client = client_ctx.wrap_bio(c_in, c_out, server_side=False)
+    client = client_ctx.wrap_bio(c_in, c_out, server_side=False, session=session)
     server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
     sides = [(client, False), (server, False)]
     errors: list[ssl.SSLError | None] = [None, None]
@@ -223,6 +225,66 @@ def test_verify_peer_secure_naming_and_revocation(ca: CertAuthority) -> None:
     with pytest.raises(PeerRejected, match=re.escape(f"identity {DB.uri} is revoked")):
         verify_peer(server_cert, expected=DB.uri, revoked={DB.uri})
     assert verify_peer(server_cert, revoked=[WEB.uri]) == DB.uri
+
+
+def test_a_resumed_session_shows_both_peers_as_a_full_handshake_does(ca: CertAuthority) -> None:
+    client_ctx, server_ctx = client_context(workload(ca, WEB)), server_context(workload(ca, DB))
+    assert server_ctx.num_tickets == 1
+    full = handshake(client_ctx, server_ctx)
+    assert full.ok and not full.client.session_reused
+    session = full.client.session
+    assert session is not None and session.has_ticket
+    # The same ticket serves several connections (a sidecar dials many at once).
+    for _ in range(2):
+        hs = handshake(client_ctx, server_ctx, session)
+        assert hs.ok, (hs.client_error, hs.server_error)
+        assert hs.client.session_reused and hs.server.session_reused
+        # What the sidecars check after every handshake is still there to check.
+        assert verify_peer(hs.client.getpeercert(), expected=DB.uri, valid_at=time.time()) == DB.uri
+        assert verify_peer(hs.server.getpeercert(), valid_at=time.time()) == WEB.uri
+        with pytest.raises(PeerRejected, match="revoked"):
+            verify_peer(hs.server.getpeercert(), revoked={WEB.uri}, valid_at=time.time())
+
+
+def test_a_ticket_dies_with_the_server_context_that_sealed_it(ca: CertAuthority, tmp_path: Path) -> None:
+    """A rotation or a bundle update builds a new server context: an old ticket cannot be opened,
+    so the client is verified afresh (and one the new bundle does not trust is refused)."""
+    client_ctx, db = client_context(workload(ca, WEB)), workload(ca, DB)
+    session = handshake(client_ctx, server_context(db)).client.session
+    hs = handshake(client_ctx, server_context(db), session)
+    assert hs.ok and not hs.client.session_reused and not hs.server.session_reused
+    other = CertAuthority.ensure(tmp_path / "other-ca")  # a bundle without our root
+    hs = handshake(client_ctx, server_context(workload(ca, DB, bundle=other.bundle_pem())), session)
+    assert isinstance(hs.server_error, ssl.SSLCertVerificationError)
+
+
+def test_a_session_cannot_be_offered_on_another_client_context(ca: CertAuthority) -> None:
+    """The client side's counterpart (dataplane.tls_sessions keys its cache by generation too)."""
+    session = handshake(client_context(workload(ca, WEB)), server_context(workload(ca, DB))).client.session
+    with pytest.raises(ValueError, match="different SSLContext"):
+        handshake(client_context(workload(ca, WEB)), server_context(workload(ca, DB)), session)
+
+
+@pytest.mark.parametrize(("at", "refused"), [
+    (0.0, None),
+    (-60.0, None),  # issued 60 s back-dated for clock skew
+    (-61.0, "not yet valid"),
+    (3600.0, None),  # the last second (whole seconds) is still valid, as OpenSSL has it
+    (3601.0, "expired"),
+    (86400.0, "expired"),
+])
+def test_verify_peer_checks_the_validity_period_when_asked(ca: CertAuthority, at: float, refused: str | None) -> None:
+    """For resumed sessions, whose chain (and so period) OpenSSL does not verify again."""
+    now = float(int(time.time()))
+    hs = handshake(client_context(workload(ca, WEB)), server_context(workload(ca, DB, now=now, ttl_s=3600)))
+    assert hs.ok
+    cert = hs.client.getpeercert()
+    assert verify_peer(cert) == DB.uri  # not asked: no period check
+    if refused is None:
+        assert verify_peer(cert, valid_at=now + at) == DB.uri
+    else:
+        with pytest.raises(PeerRejected, match=refused):
+            verify_peer(cert, valid_at=now + at)
 
 
 def test_new_root_is_trusted_only_by_contexts_with_the_new_bundle(ca: CertAuthority) -> None:
