@@ -20,6 +20,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
@@ -201,12 +202,16 @@ class InboundAcceptor:
             log.warning("mTLS handshake with %s failed: %s", source, handshake_failure(exc))
             stream.abort()
             return
+        resumed = stream.resumed  # a resumed client's chain was not verified again: check its period
         try:
-            peer = verify_peer(stream.peercert, revoked=self.store.current.snapshot.security.revoked)
+            peer = verify_peer(stream.peercert, revoked=self.store.current.snapshot.security.revoked,
+                               valid_at=time.time() if resumed else None)
         except PeerRejected as exc:
             self.stats.tls_in_rejected += 1
             log.warning("mTLS client %s refused: %s", source, exc.reason)
             stream.abort()
             return
         self.stats.tls_in += 1
+        if resumed:
+            self.stats.tls_in_resumed += 1
         stream.attach(self.factory(peer, dst))

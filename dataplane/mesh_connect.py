@@ -9,12 +9,17 @@ app) is dialled as plain TCP.
 
 The check happens after the handshake and before the real protocol exists; only a verified
 connection gets one (``TlsStream.attach``). TLS runs on ``TlsStream`` so FINs cross as half-closes.
+Each verified connection's session is kept to resume the next one to the same peer
+(dataplane.tls_sessions); a resumed connection passes the same check, its certificate's validity
+period included, and a failed one forgets the session.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
+import time
 from collections.abc import Callable
 
 from meshns.dataplane.connect import tcp_connect
@@ -22,6 +27,7 @@ from meshns.dataplane.decide import Forward
 from meshns.dataplane.identity import MeshTls
 from meshns.dataplane.snapshots import SnapshotStore
 from meshns.dataplane.stats import Stats
+from meshns.dataplane.tls_sessions import SessionCache
 from meshns.dataplane.tls_transport import TlsStream
 from meshns.mtls.tls import PeerRejected, verify_peer
 from meshns.snapshot import Endpoint, Snapshot
@@ -50,6 +56,7 @@ class MeshConnector:
         self.tls = tls
         self.stats = stats
         self.handshake_timeout_s = handshake_timeout_s
+        self.sessions = SessionCache()
         self._index = _Index(store.current.snapshot)
 
     def index(self) -> _Index:
@@ -73,24 +80,35 @@ class MeshConnector:
         if ep is None or ctx is None:
             await tcp_connect(factory, fwd)
             return
+        generation, key = self.tls.updates, (fwd.h2, fwd.target.ip, ep.identity)
+        session = self.sessions.get(generation, key, time.time())
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
             await loop.sock_connect(sock, fwd.target.as_tuple())
-            _, stream = await loop.create_connection(lambda: TlsStream(ctx, server_side=False), sock=sock)
+            _, stream = await loop.create_connection(lambda: TlsStream(ctx, server_side=False, session=session),
+                                                     sock=sock)
         except BaseException:
             sock.close()
             raise
         try:
             await stream.handshake(self.handshake_timeout_s)
-            verify_peer(stream.peercert, expected=ep.identity, revoked=self.index().revoked)
+            resumed = stream.resumed
+            verify_peer(stream.peercert, expected=ep.identity, revoked=self.index().revoked,
+                        valid_at=time.time() if resumed else None)
         except PeerRejected as exc:
             stream.abort()
+            self.sessions.drop(key)
             self.stats.tls_peer_rejected += 1
             raise PeerIdentityRefused(f"mTLS peer refused ({ep.pod}): {exc.reason}") from None
         except BaseException:
             stream.abort()
+            self.sessions.drop(key)
             raise
         self.stats.tls_out += 1
+        if resumed:
+            self.stats.tls_out_resumed += 1
+        else:
+            stream.want_ticket(functools.partial(self.sessions.put, generation, key))
         stream.attach(factory())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Callable
 from typing import Any, Final, cast
 
 JOIN_LIMIT: Final = 16 * 1024  # a TLS record's plaintext limit: joined chunks still fit one record
@@ -46,12 +47,15 @@ _CLOSED: Final = _closed_sslobject()
 
 
 class TlsStream(asyncio.BufferedProtocol):
-    def __init__(self, ctx: ssl.SSLContext, server_side: bool) -> None:
+    def __init__(self, ctx: ssl.SSLContext, server_side: bool, session: ssl.SSLSession | None = None) -> None:
+        """``session``: a client's session (made with ``ctx``) to offer for resumption."""
         self.ctx = ctx
         self.server_side = server_side
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
-        self.sslobj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=server_side)
+        self.sslobj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=server_side, session=session)
+        # Who wants this client connection's resumable session (see want_ticket).
+        self.on_ticket: Callable[[ssl.SSLSession], None] | None = None
         self.raw: asyncio.Transport | None = None
         self.app: asyncio.Protocol | None = None
         self.handshaken = False
@@ -154,6 +158,8 @@ class TlsStream(asyncio.BufferedProtocol):
         more = True
         while more and not self.eof_in:
             more = self._decrypt_some()
+        if self.on_ticket is not None:
+            self._take_ticket()
         if self.outgoing.pending:
             self._flush()  # e.g. a key update answer
 
@@ -230,6 +236,24 @@ class TlsStream(asyncio.BufferedProtocol):
     @property
     def peercert(self) -> Any:
         return self.sslobj.getpeercert()
+
+    @property
+    def resumed(self) -> bool:
+        """The handshake resumed a session: the peer's chain was not verified again."""
+        return self.sslobj.session_reused
+
+    def want_ticket(self, take: Callable[[ssl.SSLSession], None]) -> None:
+        """Hand this client connection's session to ``take`` once it can be resumed. A TLS 1.3
+        server sends its ticket after the handshake, so it is decrypted with the first bytes read
+        after it (it may already have been)."""
+        self.on_ticket = take
+        self._take_ticket()
+
+    def _take_ticket(self) -> None:
+        session = self.sslobj.session
+        if session is not None and session.has_ticket and self.on_ticket is not None:
+            take, self.on_ticket = self.on_ticket, None
+            take(session)
 
     def attach(self, app: asyncio.Protocol) -> None:
         """The verified connection's real protocol; held bytes and EOF are delivered now."""

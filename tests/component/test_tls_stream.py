@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,22 +48,27 @@ class Sink(asyncio.Protocol):
         return True
 
 
-async def pair(tmp_path: Path) -> tuple[TlsStream, Sink, TlsStream, Sink]:
-    """A handshaken, attached client and server stream on one loopback connection."""
-    ca = CertAuthority.ensure(tmp_path / "ca", TD, 3600.0)
+async def pair(tmp_path: Path, contexts: tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
+               session: ssl.SSLSession | None = None) -> tuple[TlsStream, Sink, TlsStream, Sink]:
+    """A handshaken, attached client and server stream on one loopback connection.
+    ``contexts``: (client, server), new ones if None; ``session``: the client offers it."""
+    if contexts is None:
+        ca = CertAuthority.ensure(tmp_path / "ca", TD, 3600.0)
+        contexts = client_context(workload(ca, "client")), server_context(workload(ca, "server"))
+    client_ctx, server_ctx = contexts
     loop = asyncio.get_running_loop()
     accepted: asyncio.Queue[TlsStream] = asyncio.Queue()
 
     def factory() -> TlsStream:
-        stream = TlsStream(server_context(workload(ca, "server")), server_side=True)
+        stream = TlsStream(server_ctx, server_side=True)
         accepted.put_nowait(stream)
         return stream
 
     srv = await loop.create_server(factory, LO, 0)
     try:
         port = srv.sockets[0].getsockname()[1]
-        _, c = await loop.create_connection(
-            lambda: TlsStream(client_context(workload(ca, "client")), server_side=False), LO, port)
+        _, c = await loop.create_connection(lambda: TlsStream(client_ctx, server_side=False, session=session),
+                                            LO, port)
         s = await accepted.get()
         await asyncio.gather(c.handshake(5.0), s.handshake(5.0))
     finally:
@@ -137,3 +143,29 @@ async def test_bytes_fed_by_data_received_decrypt_the_same(tmp_path: Path) -> No
     c.close()
     s.close()
     await until(lambda: s.lost and c.lost)
+
+
+@uvloop_test
+async def test_the_ticket_read_after_the_handshake_resumes_the_next_connection(tmp_path: Path) -> None:
+    ca = CertAuthority.ensure(tmp_path / "ca", TD, 3600.0)
+    contexts = client_context(workload(ca, "client")), server_context(workload(ca, "server"))
+    c, c_app, s, s_app = await pair(tmp_path, contexts)
+    assert not c.resumed and not s.resumed
+    tickets: list[ssl.SSLSession] = []
+    c.want_ticket(tickets.append)
+    s.write(b"greeting")  # the ticket came first; whatever the client reads next brings it in
+    await until(lambda: bytes(c_app.got) == b"greeting")
+    assert len(tickets) == 1 and tickets[0].has_ticket
+    c.write(b"more")
+    s.write(b"more")
+    await until(lambda: bytes(c_app.got) == b"greetingmore" and bytes(s_app.got) == b"more")
+    assert len(tickets) == 1  # handed over once
+    c2, c2_app, s2, s2_app = await pair(tmp_path, contexts, session=tickets[0])
+    assert c2.resumed and s2.resumed
+    assert s2.peercert is not None and c2.peercert is not None  # still there to verify
+    c2.write(b"ping")
+    s2.write(b"pong")
+    await until(lambda: bytes(s2_app.got) == b"ping" and bytes(c2_app.got) == b"pong")
+    for stream in (c, s, c2, s2):
+        stream.close()
+    await until(lambda: all(x.lost for x in (c, s, c2, s2)))

@@ -277,6 +277,66 @@ def test_revocation_stops_new_requests_within_seconds(pair: Mesh) -> None:
              what="restored")
 
 
+# Bytes that cannot begin an HTTP request: the client sidecar pipes the connection as opaque TCP
+# over the one mTLS connection it dialled for it (an HTTP request may take a pooled one instead),
+# and the backend answers them with its 400 page (http.server sends a line it cannot parse no
+# status line, as to HTTP/0.9). Prints what came back, "closed" or the error's name.
+OPAQUE = """import socket
+s = socket.create_connection(("web", 9080), timeout=5)
+s.sendall(b"\\x00not http\\n")
+try:
+    print(s.recv(12).decode(errors="replace") or "closed")
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+SERVED = "<!DOCTYPE HT"
+
+
+def test_sessions_resume_between_sidecars_and_every_check_still_holds(pair: Mesh) -> None:
+    """The client sidecar resumes the TLS session of its last connection to a peer sidecar (no
+    signatures, no chain to verify); revocation still refuses a resumed client, and an identity
+    or trust update forgets every session, so the next connection is verified in full."""
+    mesh = pair
+
+    def tcp() -> str:
+        return mesh.exec("client", PY, "-c", OPAQUE).stdout.strip()
+
+    def counts() -> dict[str, int]:
+        c, s = mesh.stats("client"), mesh.stats("server")
+        return {"out": c["tls_out"], "out_resumed": c["tls_out_resumed"], "in": s["tls_in"],
+                "in_resumed": s["tls_in_resumed"], "in_rejected": s["tls_in_rejected"],
+                "client_updates": c["tls"]["updates"], "server_updates": s["tls"]["updates"]}
+
+    def delta(before: dict[str, int]) -> dict[str, int]:
+        return {k: v - before[k] for k, v in counts().items()}
+
+    before = counts()
+    assert tcp() == SERVED  # a full handshake; its session is kept
+    assert delta(before)["out"] == 1 and delta(before)["out_resumed"] == 0
+    before = counts()
+    assert [tcp() for _ in range(3)] == [SERVED] * 3
+    d = delta(before)
+    assert d["out"] == d["out_resumed"] == d["in"] == d["in_resumed"] == 3, d
+
+    # A certificate or bundle update (here the root's) builds new contexts on both sides.
+    mesh.run("ca", "rotate", timeout=60)
+    wait_for(lambda: delta(before)["client_updates"] > 0 and delta(before)["server_updates"] > 0,
+             what="both sidecars took the new identity")
+    before = counts()
+    assert tcp() == SERVED
+    d = delta(before)
+    assert d["out"] == d["in"] == 1 and d["out_resumed"] == d["in_resumed"] == 0, d  # verified in full
+    wait_for(lambda: tcp() == SERVED and delta(before)["out_resumed"] > 0, what="sessions resumed again")
+
+    mesh.run("identity", "revoke", "client")
+    wait_for(lambda: tcp() != SERVED, what="revocation in force")
+    before = counts()
+    assert tcp() != SERVED
+    d = delta(before)
+    # The client resumed its session, and the server still refused it.
+    assert d["out"] == d["out_resumed"] == d["in_rejected"] == 1 and d["in"] == 0, d
+
+
 def test_certificates_and_root_rotate_under_load_without_a_failed_request(mesh: Mesh) -> None:
     mesh.run("create", "server", "--cert-ttl", "4s", "--", *backend("server"))
     mesh.run("create", "client", "--cert-ttl", "4s")
