@@ -102,6 +102,9 @@ class MeshConnector:
             self.sessions.drop(key)
             self.stats.tls_peer_rejected += 1
             raise PeerIdentityRefused(f"mTLS peer refused ({ep.pod}): {exc.reason}") from None
+        except asyncio.CancelledError:
+            stream.abort()  # given up (an eager dial the request did not need): the session is fine
+            raise
         except BaseException:
             stream.abort()
             self.sessions.drop(key)
