@@ -12,6 +12,13 @@ server sidecar makes it dial the app, and a one-connection-at-a-time app (``http
 then wait on it while the real request queues behind. Requests are answered in order; a pipelined request
 waits (with the client paused) until the one before it finished.
 
+One exception: when the pool already holds an idle connection to the chosen endpoint, that port
+has spoken HTTP/1 through this sidecar (only HTTP connections are pooled) and the request will
+take that connection, so an eager dial would be a TLS handshake the server sidecar starts for
+nothing (and a reset it logs). The dial then waits EAGER_GRACE_S for the client's first bytes:
+a request needs no dial at all, other bytes dial at once, and silence (a server-first protocol on
+that port after all) dials when the grace ends, so its banner is late by that much, never stalled.
+
 Reading from the client is paused for several independent reasons at once (no upstream attached
 yet, upstream transport full, pipelined request waiting, upgrade pending), kept as bits so one
 reason's resume does not undo another's pause.
@@ -22,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from typing import cast
+from typing import Final, cast
 
 from meshns.dataplane.http1.client_conn import PAUSE_OPAQUE, PAUSE_PIPELINE, PAUSE_UPGRADE, ClientConnection
 from meshns.dataplane.http1.context import HttpContext
@@ -38,6 +45,11 @@ from meshns.dataplane.policy.state import choose_endpoint
 from meshns.snapshot import HttpRoute, Service
 
 log = logging.getLogger("meshns.dataplane.http1")
+
+# How long a new connection waits for its first bytes before dialling, when an idle pooled
+# connection to the endpoint shows it speaks HTTP (see above). A client-first client has sent its
+# request within this on loopback; 5 ms is what a server-first client waits at worst.
+EAGER_GRACE_S: Final = 0.005
 
 
 class ServiceConnection(ClientConnection):
@@ -63,6 +75,7 @@ class ServiceConnection(ClientConnection):
         self.eager_task: asyncio.Task[None] | None = None
         self.eager_tried: set[str] = set()
         self.eager_key: tuple[str, int] | None = None  # where the eager dial goes (HTTP: until claimed)
+        self.eager_wait: asyncio.TimerHandle | None = None  # a dial deferred for the grace (see above)
         self.closing = False
         self.feeding = False  # inside parser.feed
         self.deferred: tuple[RequestFlow, HttpRoute] | None = None  # see start_after_feed
@@ -111,6 +124,9 @@ class ServiceConnection(ClientConnection):
             self.timer.cancel()
         if self.eager_task is not None:
             self.eager_task.cancel()
+        if self.eager_wait is not None:
+            self.eager_wait.cancel()
+            self.eager_wait = None
         if self.eager is not None:
             self.pool.close(self.eager, abort=True)
             self.eager = None
@@ -260,6 +276,10 @@ class ServiceConnection(ClientConnection):
 
     def go_http(self) -> None:
         self.http = True
+        if self.eager_wait is not None:  # never dialled: the request takes the idle connection
+            self.eager_wait.cancel()
+            self.eager_wait = None
+            self.eager_key = None
         if self.timer is not None:
             self.timer.cancel()
         # Keep-alive idle timeout, checked lazily: one timer per period, not one per request.
@@ -275,10 +295,15 @@ class ServiceConnection(ClientConnection):
         self.pause(PAUSE_OPAQUE)
         if self.eager is not None:
             self.start_pipe(self.eager, [self.buf] if self.buf else [], self.up_first)
+        elif self.eager_wait is not None:
+            self.eager_now()
         elif self.eager_task is None and not self.start_eager():
             self.transport.close()
 
     def drop_detection_dial(self) -> None:
+        if self.eager_wait is not None:
+            self.eager_wait.cancel()
+            self.eager_wait = None
         if self.eager_task is not None:
             self.eager_task.cancel()
             self.eager_task = None
@@ -304,10 +329,22 @@ class ServiceConnection(ClientConnection):
         if ep is None or port is None:
             return False
         self.eager_tried.add(ep.ip)
-        self.state.breaker.connection_opened()  # counted, but an eager dial is never refused
         self.eager_key = (ep.ip, port)
-        self.eager_task = asyncio.ensure_future(self.eager_connect(self.eager_key))
+        if not self.opaque and self.pool.has_idle(self.eager_key):
+            self.eager_wait = asyncio.get_running_loop().call_later(EAGER_GRACE_S, self.eager_now)
+        else:
+            self.eager_now()
         return True
+
+    def eager_now(self) -> None:
+        """Dial the chosen endpoint (at once, or when a deferred dial's grace ended)."""
+        if self.eager_wait is not None:
+            self.eager_wait.cancel()
+            self.eager_wait = None
+        if self.lost or self.eager_key is None:
+            return
+        self.state.breaker.connection_opened()  # counted, but an eager dial is never refused
+        self.eager_task = asyncio.ensure_future(self.eager_connect(self.eager_key))
 
     def eager_ip(self) -> str | None:
         """The endpoint of an unclaimed eager connection, which the first try should prefer."""

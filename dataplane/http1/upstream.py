@@ -213,6 +213,10 @@ class ServicePool:
         if entry in self.waiters:
             self.waiters.remove(entry)
 
+    def has_idle(self, key: Key) -> bool:
+        """An idle connection to ``key`` is there to take (what take_idle would find)."""
+        return any(conn.usable() for conn in self.idle.get(key, ()))
+
     def take_idle(self, key: Key) -> UpstreamConn | None:
         lst = self.idle.get(key)
         while lst:

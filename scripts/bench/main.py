@@ -232,7 +232,8 @@ class Bench:
         if not srv["tls_in"] or srvp["tls_in"] or not srvp["inbound"]["accepted"]:
             raise RuntimeError(f"mesh paths are not mTLS / plaintext as intended {when}: srv tls_in="
                                f"{srv['tls_in']}, srvp tls_in={srvp['tls_in']} accepted={srvp['inbound']['accepted']}")
-        self.notes.append(f"meshns {when}: web's server sidecar accepted {srv['tls_in']} mTLS connection(s); "
+        self.notes.append(f"meshns {when}: web's server sidecar accepted {srv['tls_in']} mTLS connection(s), "
+                          f"{srv.get('tls_in_resumed', 0)} of them resumed sessions; "
                           f"webp's (namespace 'plain', PeerAuthentication DISABLE) {srvp['inbound']['accepted']} "
                           "connection(s), none TLS")
         cli = self.mesh.status("cli")["sidecar_stats"]

@@ -7,7 +7,7 @@ import collections
 from collections.abc import Callable
 
 import pytest
-from httpkit import Client, backends, service, sidecar, uvloop_test
+from httpkit import LO, Client, backends, raw_exchange, service, sidecar, uvloop_test
 
 from meshns.snapshot import HttpRoute
 
@@ -64,6 +64,42 @@ def test_first_request_uses_the_eager_connection(dial_delay_s: float) -> None:
             # Later first requests may take an idle pooled connection while their eager dial is in
             # flight; that dial is then closed. Either way no connection is left open unused.
             assert [b.unused_open for b in bes] == [0, 0, 0], [b.unused_open for b in bes]
+
+    run()
+
+
+def test_a_new_connection_to_an_http_endpoint_with_an_idle_connection_dials_only_if_not_http() -> None:
+    # An idle pooled connection shows the endpoint speaks HTTP: a new client connection waits a
+    # moment (EAGER_GRACE_S) for its first bytes instead of dialling at once, and a request takes
+    # the pooled connection (no mTLS handshake begun for nothing). Silence or bytes that are not
+    # HTTP still get their dial: after the grace, or at once.
+    from meshns.dataplane.connect import tcp_connect
+    from meshns.dataplane.decide import Forward
+    from meshns.dataplane.http1 import downstream
+
+    dials = 0
+
+    async def counting_connect(factory: Callable[[], asyncio.Protocol], fwd: Forward) -> None:
+        nonlocal dials
+        dials += 1
+        await tcp_connect(factory, fwd)
+
+    @uvloop_test
+    async def run() -> None:
+        async with backends(1) as (port, bes), sidecar(service(port, 1), connector=counting_connect) as side:
+            for i in range(5):
+                client = await Client.open(side)
+                assert (await client.request("GET", f"/{i}")).status == 200
+                client.close()
+            await asyncio.sleep(0.05)
+            assert dials == 1 and bes[0].connections == 1 and bes[0].requests == 5
+            assert side.outbound_addr is not None
+            _, writer = await asyncio.open_connection(LO, side.outbound_addr.port)  # says nothing
+            await asyncio.sleep(downstream.EAGER_GRACE_S + 0.1)
+            assert dials == 2  # dialled when the grace ended: a server-first banner would flow now
+            writer.close()
+            await raw_exchange(side, b"\x00not http\r\n\r\n", half_close=True)
+            assert dials == 3 and bes[0].requests == 5
 
     run()
 
