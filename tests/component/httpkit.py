@@ -1,5 +1,6 @@
 """Helpers for the HTTP component tests: h11-based test backends on 127.0.0.2-4 (one port), an
-h11 keep-alive client, and a sidecar whose original destination is a service VIP."""
+h11 keep-alive client, and a sidecar whose original destination is a service VIP; and for the
+TLS ones, a workload identity from a test CA and a wait for a condition."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from meshns.dataplane.config import SidecarConfig
 from meshns.dataplane.connect import Connector
 from meshns.dataplane.origdst import FixedResolver
 from meshns.dataplane.server import Sidecar
+from meshns.mtls.ca import CertAuthority, key_pem, new_key
+from meshns.mtls.identity import SpiffeId
+from meshns.mtls.tls import WorkloadTls
 from meshns.snapshot import Endpoint, HttpRoute, Service, ServicePort, Snapshot
 
 LO = "127.0.0.1"
@@ -294,3 +298,18 @@ def free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def workload(ca: CertAuthority, name: str) -> WorkloadTls:
+    """A fresh key and certificate for ns default / sa ``name`` in ``ca``'s trust domain."""
+    key = new_key()
+    spiffe = SpiffeId(ca.trust_domain, "default", name)
+    c = ca.issue(spiffe, key.public_key())
+    return WorkloadTls(spiffe.uri, c.cert_pem, key_pem(key), ca.bundle_pem(), c.serial, c.not_before, c.not_after,
+                       c.issued_at)
+
+
+async def until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not cond():
+            await asyncio.sleep(0.005)

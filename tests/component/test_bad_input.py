@@ -22,16 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from httpkit import IPS, LO, Client, backends, service, sidecar, uvloop_test
+from httpkit import IPS, LO, Client, backends, service, sidecar, uvloop_test, workload
 
 from meshns.dataplane.addrs import OrigDst
 from meshns.dataplane.config import SidecarConfig
 from meshns.dataplane.identity import MeshTls
 from meshns.dataplane.origdst import FixedResolver
 from meshns.dataplane.server import Sidecar
-from meshns.mtls.ca import CertAuthority, key_pem, new_key
-from meshns.mtls.identity import SpiffeId
-from meshns.mtls.tls import WorkloadTls, client_context
+from meshns.mtls.ca import CertAuthority
+from meshns.mtls.tls import client_context
 from meshns.snapshot import Endpoint, Service, ServicePort, Snapshot
 
 
@@ -374,14 +373,6 @@ def test_a_client_that_never_reads_holds_the_upstream_paused_and_is_cut_at_idle(
 # TLS on the inbound mTLS listener
 
 
-def _workload(ca: CertAuthority, name: str) -> WorkloadTls:
-    key = new_key()
-    spiffe = SpiffeId("cluster.local", "default", name)
-    c = ca.issue(spiffe, key.public_key())
-    return WorkloadTls(spiffe.uri, c.cert_pem, key_pem(key), ca.bundle_pem(), c.serial, c.not_before, c.not_after,
-                       c.issued_at)
-
-
 async def _raw(port: int, data: bytes, *, half_close: bool = False) -> str:
     """How a raw connection ends: "reset" or "closed"; anything but a TLS alert (record type
     0x15, the TLS stack telling why) before that is an answer, and wrong."""
@@ -424,9 +415,9 @@ def test_tls_garbage_truncated_and_foreign_clients_are_reset_while_meshed_ones_a
     ca = CertAuthority.init(tmp_path / "ca", "cluster.local", 3600)
     foreign_ca = CertAuthority.init(tmp_path / "foreign", "cluster.local", 3600)
     tls = MeshTls()
-    tls.update(_workload(ca, "server"))
-    meshed = client_context(_workload(ca, "client"))
-    foreign = client_context(_workload(foreign_ca, "client"))
+    tls.update(workload(ca, "server"))
+    meshed = client_context(workload(ca, "client"))
+    foreign = client_context(workload(foreign_ca, "client"))
     no_cert = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     no_cert.check_hostname = False
     no_cert.verify_mode = ssl.CERT_NONE

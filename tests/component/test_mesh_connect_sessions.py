@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from httpkit import uvloop_test
+from httpkit import until, uvloop_test, workload
 
 from meshns.dataplane.addrs import OrigDst
 from meshns.dataplane.decide import Forward
@@ -22,20 +22,13 @@ from meshns.dataplane.mesh_connect import MeshConnector, PeerIdentityRefused
 from meshns.dataplane.snapshots import SnapshotStore
 from meshns.dataplane.stats import Stats
 from meshns.dataplane.tls_transport import TlsStream
-from meshns.mtls.ca import CertAuthority, key_pem, new_key
+from meshns.mtls.ca import CertAuthority
 from meshns.mtls.identity import SpiffeId
-from meshns.mtls.tls import WorkloadTls, server_context
+from meshns.mtls.tls import server_context
 from meshns.snapshot import Endpoint, Security, Snapshot
 
 LO = "127.0.0.1"
 TD = "example.org"
-
-
-def workload(ca: CertAuthority, name: str) -> WorkloadTls:
-    key = new_key()
-    c = ca.issue(SpiffeId(TD, "default", name), key.public_key())
-    return WorkloadTls(SpiffeId(TD, "default", name).uri, c.cert_pem, key_pem(key), ca.bundle_pem(), c.serial,
-                       c.not_before, c.not_after, c.issued_at)
 
 
 class Quiet(asyncio.Protocol):
@@ -59,13 +52,6 @@ async def peer(ca: CertAuthority) -> AsyncIterator[tuple[int, list[TlsStream]]]:
         srv.close()
         for stream in accepted:
             stream.abort()
-
-
-async def until(cond: object) -> None:
-    assert callable(cond)
-    async with asyncio.timeout(5):
-        while not cond():
-            await asyncio.sleep(0.005)
 
 
 @pytest.fixture

@@ -8,26 +8,17 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-from collections.abc import Callable
 from pathlib import Path
 
-from httpkit import uvloop_test
+from httpkit import until, uvloop_test, workload
 
 from meshns.dataplane import tls_transport
 from meshns.dataplane.tls_transport import TlsStream
-from meshns.mtls.ca import CertAuthority, key_pem, new_key
-from meshns.mtls.identity import SpiffeId
-from meshns.mtls.tls import WorkloadTls, client_context, server_context
+from meshns.mtls.ca import CertAuthority
+from meshns.mtls.tls import client_context, server_context
 
 LO = "127.0.0.1"
 TD = "example.org"
-
-
-def workload(ca: CertAuthority, name: str) -> WorkloadTls:
-    key = new_key()
-    c = ca.issue(SpiffeId(TD, "default", name), key.public_key())
-    return WorkloadTls(SpiffeId(TD, "default", name).uri, c.cert_pem, key_pem(key), ca.bundle_pem(), c.serial,
-                       c.not_before, c.not_after, c.issued_at)
 
 
 class Sink(asyncio.Protocol):
@@ -77,11 +68,6 @@ async def pair(tmp_path: Path, contexts: tuple[ssl.SSLContext, ssl.SSLContext] |
     c.attach(c_app)
     s.attach(s_app)
     return c, c_app, s, s_app
-
-
-async def until(cond: Callable[[], bool]) -> None:
-    while not cond():
-        await asyncio.sleep(0.005)
 
 
 @uvloop_test
