@@ -124,9 +124,7 @@ class ServiceConnection(ClientConnection):
             self.timer.cancel()
         if self.eager_task is not None:
             self.eager_task.cancel()
-        if self.eager_wait is not None:
-            self.eager_wait.cancel()
-            self.eager_wait = None
+        self.stop_eager_wait()
         if self.eager is not None:
             self.pool.close(self.eager, abort=True)
             self.eager = None
@@ -276,9 +274,7 @@ class ServiceConnection(ClientConnection):
 
     def go_http(self) -> None:
         self.http = True
-        if self.eager_wait is not None:  # never dialled: the request takes the idle connection
-            self.eager_wait.cancel()
-            self.eager_wait = None
+        if self.stop_eager_wait():  # never dialled: the request takes the idle connection
             self.eager_key = None
         if self.timer is not None:
             self.timer.cancel()
@@ -301,9 +297,7 @@ class ServiceConnection(ClientConnection):
             self.transport.close()
 
     def drop_detection_dial(self) -> None:
-        if self.eager_wait is not None:
-            self.eager_wait.cancel()
-            self.eager_wait = None
+        self.stop_eager_wait()
         if self.eager_task is not None:
             self.eager_task.cancel()
             self.eager_task = None
@@ -338,13 +332,19 @@ class ServiceConnection(ClientConnection):
 
     def eager_now(self) -> None:
         """Dial the chosen endpoint (at once, or when a deferred dial's grace ended)."""
-        if self.eager_wait is not None:
-            self.eager_wait.cancel()
-            self.eager_wait = None
+        self.stop_eager_wait()
         if self.lost or self.eager_key is None:
             return
         self.state.breaker.connection_opened()  # counted, but an eager dial is never refused
         self.eager_task = asyncio.ensure_future(self.eager_connect(self.eager_key))
+
+    def stop_eager_wait(self) -> bool:
+        """Cancel a deferred dial's grace; True if one was pending."""
+        if self.eager_wait is None:
+            return False
+        self.eager_wait.cancel()
+        self.eager_wait = None
+        return True
 
     def eager_ip(self) -> str | None:
         """The endpoint of an unclaimed eager connection, which the first try should prefer."""
