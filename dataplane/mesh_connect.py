@@ -10,8 +10,9 @@ app) is dialled as plain TCP.
 The check happens after the handshake and before the real protocol exists; only a verified
 connection gets one (``TlsStream.attach``). TLS runs on ``TlsStream`` so FINs cross as half-closes.
 Each verified connection's session is kept to resume the next one to the same peer
-(dataplane.tls_sessions); a resumed connection passes the same check, its certificate's validity
-period included, and a failed one forgets the session.
+(dataplane.tls_sessions), and a resumed connection's fresh ticket replaces the one it used; a
+resumed connection passes the same check, its certificate's validity period included, and a
+failed one forgets the session.
 """
 
 from __future__ import annotations
@@ -112,6 +113,5 @@ class MeshConnector:
         self.stats.tls_out += 1
         if resumed:
             self.stats.tls_out_resumed += 1
-        else:
-            stream.want_ticket(functools.partial(self.sessions.put, generation, key))
+        stream.want_ticket(functools.partial(self.sessions.put, generation, key))
         stream.attach(factory())

@@ -54,8 +54,11 @@ class TlsStream(asyncio.BufferedProtocol):
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.sslobj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=server_side, session=session)
-        # Who wants this client connection's resumable session (see want_ticket).
+        # Who wants this client connection's resumable session (see want_ticket), and the id of
+        # the session offered: a resumed connection's session is that one until the server's
+        # fresh ticket arrives, and only the fresh one is handed on.
         self.on_ticket: Callable[[ssl.SSLSession], None] | None = None
+        self.offered_id = session.id if session is not None else b""
         self.raw: asyncio.Transport | None = None
         self.app: asyncio.Protocol | None = None
         self.handshaken = False
@@ -245,13 +248,17 @@ class TlsStream(asyncio.BufferedProtocol):
     def want_ticket(self, take: Callable[[ssl.SSLSession], None]) -> None:
         """Hand this client connection's session to ``take`` once it can be resumed. A TLS 1.3
         server sends its ticket after the handshake, so it is decrypted with the first bytes read
-        after it (it may already have been)."""
+        after it (it may already have been). On a resumed connection that is a fresh ticket (a
+        new session, with its own id and lifetime): each ticket then serves the connections
+        dialled before the next one arrives, not every connection for its whole lifetime, as
+        RFC 8446 (C.4) advises, and a busy peer's session never ages out."""
         self.on_ticket = take
         self._take_ticket()
 
     def _take_ticket(self) -> None:
         session = self.sslobj.session
-        if session is not None and session.has_ticket and self.on_ticket is not None:
+        if (session is not None and session.has_ticket and session.id != self.offered_id
+                and self.on_ticket is not None):
             take, self.on_ticket = self.on_ticket, None
             take(session)
 

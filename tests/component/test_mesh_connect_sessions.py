@@ -1,12 +1,14 @@
 """The client sidecar's mTLS dialler (dataplane.mesh_connect) resuming sessions, on uvloop over
-loopback: the second dial to a peer resumes the first one's session; a dial given up (an eager
-connection the request did not need) keeps it; a failed or refused one forgets it; an identity
-update forgets them all."""
+loopback: the second dial to a peer resumes the first one's session and brings a fresh ticket,
+which the third dial offers; a dial given up (an eager connection the request did not need) keeps
+the session; a failed or refused one forgets it; an identity update forgets them all."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -69,6 +71,12 @@ async def test_dials_resume_and_only_a_failure_forgets_the_session(ca: CertAutho
     store.set(snapshot)
     stats = Stats()
     connector = MeshConnector(store, tls, stats, handshake_timeout_s=5.0)
+
+    def cached() -> ssl.SSLSession:
+        session = connector.sessions.get(tls.updates, (False, LO, server_id), time.time())
+        assert session is not None
+        return session
+
     silent = socket.create_server((LO, 0))  # accepts (the kernel does) and never answers a ClientHello
     try:
         async with peer(ca) as (port, accepted):
@@ -76,10 +84,17 @@ async def test_dials_resume_and_only_a_failure_forgets_the_session(ca: CertAutho
             await connector(Quiet, fwd)
             await until(lambda: len(connector.sessions) == 1)  # the ticket came after the handshake
             assert (stats.tls_out, stats.tls_out_resumed) == (1, 0)
+            first = cached()
             await connector(Quiet, fwd)
             assert (stats.tls_out, stats.tls_out_resumed) == (2, 1)
             await until(lambda: len(accepted) == 2 and accepted[1].handshaken)
             assert accepted[1].resumed and not accepted[0].resumed
+            # The resumed connection's fresh ticket replaces the one it used, and resumes too.
+            await until(lambda: cached().id != first.id)
+            second = cached()
+            await connector(Quiet, fwd)
+            assert (stats.tls_out, stats.tls_out_resumed) == (3, 2)
+            await until(lambda: cached().id not in {first.id, second.id})
 
             # Given up mid-handshake (same peer address, so the same session is offered): kept.
             to_silent = Forward(OrigDst(LO, silent.getsockname()[1]), None)
@@ -90,7 +105,7 @@ async def test_dials_resume_and_only_a_failure_forgets_the_session(ca: CertAutho
                 await dial
             assert len(connector.sessions) == 1
             await connector(Quiet, fwd)
-            assert stats.tls_out_resumed == 2
+            assert stats.tls_out_resumed == 3
 
             # A handshake that fails (times out): forgotten, the next dial is a full one.
             connector.handshake_timeout_s = 0.1
@@ -99,7 +114,7 @@ async def test_dials_resume_and_only_a_failure_forgets_the_session(ca: CertAutho
             assert len(connector.sessions) == 0
             connector.handshake_timeout_s = 5.0
             await connector(Quiet, fwd)
-            assert (stats.tls_out, stats.tls_out_resumed) == (4, 2)
+            assert (stats.tls_out, stats.tls_out_resumed) == (5, 3)
             await until(lambda: len(connector.sessions) == 1)
 
             # The peer, now revoked, is refused on a resumed session too, and the session forgotten.
@@ -108,7 +123,7 @@ async def test_dials_resume_and_only_a_failure_forgets_the_session(ca: CertAutho
                 await connector(Quiet, fwd)
             await until(lambda: accepted[-1].handshaken)
             assert accepted[-1].resumed  # the session was resumed, and refused all the same
-            assert stats.tls_out_resumed == 2 and stats.tls_peer_rejected == 1
+            assert stats.tls_out_resumed == 3 and stats.tls_peer_rejected == 1
             assert len(connector.sessions) == 0
             store.set(replace(snapshot, version=3))
             await connector(Quiet, fwd)  # full again
@@ -117,6 +132,6 @@ async def test_dials_resume_and_only_a_failure_forgets_the_session(ca: CertAutho
             # An identity update (rotation, new bundle): every session forgotten.
             tls.update(workload(ca, "client"))
             await connector(Quiet, fwd)
-            assert (stats.tls_out, stats.tls_out_resumed) == (6, 2)
+            assert (stats.tls_out, stats.tls_out_resumed) == (7, 3)
     finally:
         silent.close()

@@ -234,9 +234,12 @@ def test_a_resumed_session_shows_both_peers_as_a_full_handshake_does(ca: CertAut
     assert full.ok and not full.client.session_reused
     session = full.client.session
     assert session is not None and session.has_ticket
-    # The same ticket serves several connections (a sidecar dials many at once).
-    for _ in range(2):
-        hs = handshake(client_ctx, server_ctx, session)
+    # The same ticket serves several connections (a sidecar dials many at once), and each
+    # resumed connection brings a fresh ticket of its own (its session's id is new), which the
+    # client sidecar keeps for the next dial (TlsStream.want_ticket tells them apart by id).
+    offered = [session]
+    for fresh in (False, False, True):
+        hs = handshake(client_ctx, server_ctx, offered[-1] if fresh else session)
         assert hs.ok, (hs.client_error, hs.server_error)
         assert hs.client.session_reused and hs.server.session_reused
         # What the sidecars check after every handshake is still there to check.
@@ -244,6 +247,9 @@ def test_a_resumed_session_shows_both_peers_as_a_full_handshake_does(ca: CertAut
         assert verify_peer(hs.server.getpeercert(), valid_at=time.time()) == WEB.uri
         with pytest.raises(PeerRejected, match="revoked"):
             verify_peer(hs.server.getpeercert(), revoked={WEB.uri}, valid_at=time.time())
+        new = hs.client.session
+        assert new is not None and new.has_ticket and new.id not in {s.id for s in offered}
+        offered.append(new)
 
 
 def test_a_ticket_dies_with_the_server_context_that_sealed_it(ca: CertAuthority, tmp_path: Path) -> None:
