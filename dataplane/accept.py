@@ -49,6 +49,16 @@ def handshake_failure(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def gave_up(exc: BaseException, answered: bool) -> bool:
+    """The client closed the connection after the server had answered its ClientHello and
+    before it finished, with no alert: most often it gave up (its sidecar dropped a dial the
+    request no longer needed, or the client was stopped). A client that refused our certificate
+    and closed without saying why (asyncio's TLS does that) looks the same from here; its own
+    side knows. A close before the answer (a truncated ClientHello), a stall, a TLS error (a
+    missing, foreign or expired certificate, garbage, an alert) are failures."""
+    return answered and isinstance(exc, ConnectionError) and not isinstance(exc, ssl.SSLError)
+
+
 def _peer(conn: socket.socket) -> str:
     try:
         host, port = conn.getpeername()[:2]
@@ -196,10 +206,14 @@ class InboundAcceptor:
         try:
             await stream.handshake(self.handshake_timeout_s)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            # Garbage after 0x16, a truncated ClientHello (then a close, or silence until the
-            # timeout), no or a foreign certificate: counted, logged, reset.
-            self.stats.tls_handshake_failures += 1
-            log.warning("mTLS handshake with %s failed: %s", source, handshake_failure(exc))
+            if gave_up(exc, stream.answered):  # counted and noted, not a warning (see gave_up)
+                self.stats.tls_handshake_abandoned += 1
+                log.info("mTLS client %s closed mid-handshake, after our answer and with no alert", source)
+            else:
+                # Garbage after 0x16, a truncated ClientHello (then a close, or silence until
+                # the timeout), no or a foreign certificate: counted, logged, reset.
+                self.stats.tls_handshake_failures += 1
+                log.warning("mTLS handshake with %s failed: %s", source, handshake_failure(exc))
             stream.abort()
             return
         resumed = stream.resumed  # a resumed client's chain was not verified again: check its period

@@ -57,14 +57,16 @@ class Stats:
     http_spliced: int = 0
     # mTLS: connections dialled with TLS, refused for the wrong peer identity (secure naming);
     # inbound connections terminated, handshakes that failed (no/expired/foreign certificate,
-    # garbage, timeout), verified peers refused (revoked), plaintext refused under STRICT; and of
-    # the connections both ways, those that resumed a TLS session (no chain verified again).
+    # garbage, timeout), handshakes the client gave up (closed after its ClientHello was
+    # answered), verified peers refused (revoked), plaintext refused under STRICT; and of the
+    # connections both ways, those that resumed a TLS session (no chain verified again).
     tls_out: int = 0
     tls_out_resumed: int = 0
     tls_peer_rejected: int = 0
     tls_in: int = 0
     tls_in_resumed: int = 0
     tls_handshake_failures: int = 0
+    tls_handshake_abandoned: int = 0
     tls_in_rejected: int = 0
     plaintext_refused: int = 0
     # Authorization: connections closed and requests answered 403 by an AuthorizationPolicy.

@@ -68,6 +68,7 @@ class TlsStream(asyncio.BufferedProtocol):
         self.eof_in = False  # the peer's write side is done (close_notify or FIN)
         self.eof_out = False  # ours is (close_notify sent)
         self.lost = False
+        self.answered = False  # a handshake message of ours went out (a server: the ClientHello was answered)
 
     # -- towards the raw transport (asyncio.Protocol) ---------------------------------------
 
@@ -140,6 +141,7 @@ class TlsStream(asyncio.BufferedProtocol):
         try:
             self.sslobj.do_handshake()
         except ssl.SSLWantReadError:
+            self.answered = self.answered or self.outgoing.pending > 0
             self._flush()
             return
         except (ssl.SSLError, OSError) as exc:
