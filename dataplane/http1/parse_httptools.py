@@ -29,6 +29,9 @@ _TE_ERRORS: Final = ("Invalid `Transfer-Encoding` header value", "Empty Transfer
 # After a request that closes the connection, llhttp refuses any further byte; the connection
 # is closed after the response anyway, so they are ignored (as the h11 adapter does).
 _AFTER_CLOSE: Final = "Data after `Connection: close`"
+# A response body of at least this Content-Length is counted rather than parsed once its head is
+# through (ResponseParserLL): llhttp copies every body span it reports into a new bytes object.
+COUNT_MIN: Final = 64 * 1024
 
 
 def _parser_error(exc: httptools.HttpParserError, bad_status: int, in_head: bool) -> ParseError | None:
@@ -155,7 +158,14 @@ class ResponseParserLL(_Base):
     """One per upstream connection when it can be: after a response that llhttp itself completed
     (not a HEAD answer, not close-delimited, not an upgrade) and whose bytes ended with it, the
     connection's next exchange re-arms it (``rearm``) instead of building a new llhttp parser
-    (a new one costs several microseconds per request)."""
+    (a new one costs several microseconds per request).
+
+    A long Content-Length body is counted, not parsed: from the first read after its head, the
+    rest of it goes to the sink as the bytes that were read (llhttp would hand on a copy of each
+    span), and the response completes when exactly that many arrived. On the TLS hops, where
+    splice(2) cannot move a body, this is one copy of every body byte less per sidecar. Bytes past
+    the body are refused as llhttp refuses them; llhttp never saw the body, so such a parser is
+    not re-armed."""
 
     def __init__(self, sink: ResponseSink, head_request: bool, upgrade: bool) -> None:
         self._p = httptools.HttpResponseParser(self)
@@ -171,6 +181,8 @@ class ResponseParserLL(_Base):
         self._info = False
         self._close_delimited = False
         self._body = self._drop if head_request else sink.on_response_body
+        self._left = 0  # a counted body's bytes still to come (see the class)
+        self._counting = False  # its head's read is through: llhttp sees no more of it
 
     def rearm(self, sink: ResponseSink, head_request: bool, upgrade: bool) -> bool:
         """Take the next response on the same connection; False when a new parser is needed."""
@@ -182,6 +194,11 @@ class ResponseParserLL(_Base):
 
     def on_body(self, data: bytes) -> None:
         self._body(data)
+
+    def _count(self, data: bytes) -> None:
+        """``_body`` while llhttp still parses the read that carried a counted body's head."""
+        self._left -= len(data)
+        self._sink.on_response_body(data)
 
     def _drop(self, data: bytes) -> None:
         pass
@@ -207,6 +224,10 @@ class ResponseParserLL(_Base):
             # llhttp does not know the request was HEAD; the head is the whole response.
             self._done = True
             self._sink.on_response_complete()
+        elif (head.content_length is not None and head.content_length >= COUNT_MIN
+              and status >= 200 and status not in (204, 304)):
+            self._left = head.content_length
+            self._body = self._count
 
     def on_message_complete(self) -> None:
         if self._info:
@@ -220,12 +241,32 @@ class ResponseParserLL(_Base):
     def feed(self, data: bytes) -> bytes | None:
         if self._done:
             return None
+        if self._counting:
+            self._counted(data)
+            return None
         rest = self._feed(self._p, data, 502)  # a malformed response is the upstream's fault: 502
+        if self._left and not self._done:
+            self._counting = True
         # Reusable only once this feed is over: bytes after the response in the same read went
         # through the old sink (and failed the connection) before anyone can re-arm it.
         if self._complete and rest is None:
             self.reusable = True
         return rest
+
+    def _counted(self, data: bytes) -> None:
+        left = self._left
+        n = len(data)
+        if n < left:
+            self._left = left - n
+            self._sink.on_response_body(data)
+            return
+        self._left = 0
+        self._counting = False
+        self._sink.on_response_body(data if n == left else data[:left])
+        self._done = True
+        self._sink.on_response_complete()
+        if n > left:
+            raise ParseError(502, "bytes after the response")
 
     def feed_eof(self) -> None:
         if self._done:

@@ -160,6 +160,7 @@ def test_request_verdicts(name: str) -> None:
     assert (run_request(1, REQUESTS[name], 1 << 20)[0] == "reject") == (name in REJECTED)
 
 
+LONG = bytes(range(256)) * 300  # 76,800 bytes: over COUNT_MIN
 RESPONSES = {
     "cl": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\nhi", False, False),
     "chunked": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n", False, False),
@@ -176,11 +177,18 @@ RESPONSES = {
     "bad-chunk": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nxx\r\n", False, False),
     "bare-lf": (b"HTTP/1.1 200 OK\nContent-Length: 0\n\n", False, False),
     "obs-fold": (b"HTTP/1.1 200 OK\r\nX-A: 1\r\n 2\r\nContent-Length: 0\r\n\r\n", False, False),
+    # Long bodies: llhttp's adapter counts them rather than parsing them (COUNT_MIN).
+    "long-cl": (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(LONG) + LONG, False, False),
+    "long-cl-truncated": (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(LONG) + 1) + LONG, False, True),
+    "long-cl-head": (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(LONG), True, False),
+    "long-cl-304": (b"HTTP/1.1 304 Not Modified\r\nContent-Length: %d\r\n\r\n" % len(LONG), False, False),
+    "long-cl-after-100": (b"HTTP/1.1 100 Continue\r\nContent-Length: %d\r\n\r\n" % len(LONG)
+                          + b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(LONG) + LONG, False, False),
 }
 
 
 @pytest.mark.parametrize("name", sorted(RESPONSES))
-@pytest.mark.parametrize("step", [1, 5, 1 << 20])
+@pytest.mark.parametrize("step", [1, 5, 4093, 1 << 20])
 def test_response_parsers_agree(name: str, step: int) -> None:
     data, head_request, eof = RESPONSES[name]
     a = run_response(0, data, step, head_request, eof)
@@ -260,3 +268,68 @@ def test_bytes_after_a_closing_request_are_ignored(step: int) -> None:
     a, b = (run_request(i, data, step) for i in range(2))
     assert a == b and a[0] == "ok"
     assert [e[2] for e in a[1] if isinstance(e, tuple)] == [b"/1"]
+
+
+# llhttp's adapter on its own: what counting a long body changes, and what it must not.
+
+def _counted_run(chunks: list[bytes]) -> tuple[Recorder, Any, list[bytes], str | None]:
+    """Feed ``chunks`` to one llhttp response parser; the recorder, the parser, the body chunks
+    as the sink got them (the objects themselves), and the refusal's reason if any."""
+    rec = Recorder()
+    got: list[bytes] = []
+    keep = rec.on_response_body
+
+    def body(data: bytes) -> None:
+        got.append(data)
+        keep(data)
+
+    rec.on_response_body = body  # type: ignore[method-assign]
+    parser = KITS[1].response(rec, False, False)
+    try:
+        for chunk in chunks:
+            assert parser.feed(chunk) is None
+    except ParseError as exc:
+        return rec, parser, got, exc.reason
+    return rec, parser, got, None
+
+
+def test_a_long_body_reaches_the_sink_as_read_and_completes_at_its_length() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(LONG)
+    later = [LONG[1000:40000], LONG[40000:76799], LONG[76799:]]
+    rec, parser, got, refused = _counted_run([head + LONG[:1000], *later])
+    assert refused is None
+    assert rec.events[-1] == "end" and rec.events[-2] == ("body", LONG)
+    # After the read that carried the head, each read is handed on itself: no copy made.
+    assert all(a is b for a, b in zip(got[1:], later, strict=True))
+    # llhttp never saw those bytes: the connection's next response needs a new parser.
+    assert parser.rearm(Recorder(), False, False) is False
+
+
+def test_a_short_body_is_parsed_and_its_parser_re_armed() -> None:
+    rec, parser, _, refused = _counted_run([b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", b"a", b"bc"])
+    assert refused is None and rec.events[-2:] == [("body", b"abc"), "end"]
+    again = Recorder()
+    assert parser.rearm(again, False, False) is True
+    assert parser.feed(b"HTTP/1.1 204 No Content\r\n\r\n") is None
+    assert again.events[-1] == "end"
+
+
+@pytest.mark.parametrize("length", [3, len(LONG)])
+def test_bytes_past_the_body_in_the_same_read_are_refused_after_it_completes(length: int) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length
+    body = LONG[:length]
+    # The body's last read carries bytes of a response nobody asked for: the response completes,
+    # then the parser refuses (the exchange closes that connection rather than pooling it).
+    rec, _, _, refused = _counted_run([head + body[:1], body[1:] + b"HTTP/1.1 200 OK\r\n"])
+    assert rec.events[-2:] == [("body", body), "end"]
+    assert refused == "bytes after the response"
+
+
+def test_an_upstream_closing_mid_count_is_refused() -> None:
+    rec = Recorder()
+    parser = KITS[1].response(rec, False, False)
+    parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(LONG) + 1))
+    parser.feed(LONG)
+    with pytest.raises(ParseError) as info:
+        parser.feed_eof()
+    assert info.value.status == 502 and "end" not in rec.events
