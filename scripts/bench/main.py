@@ -597,8 +597,8 @@ def _report(bench: Bench, settings: Settings, args: argparse.Namespace, load_bef
             cpu_before: tuple[int, int], t0: float) -> str:
     """Writes bench.json, bench.png and bench.txt; returns the text for the terminal."""
     med = report.medians(bench.rounds)
-    rat = report.ratios(med)
-    verdicts = report.bar(med, rat, bench.rss_peak_mb, bench.scale)
+    rat, per_round = report.round_ratios(bench.rounds)
+    verdicts = report.bar(med, rat, bench.rss_peak_mb, bench.scale, per_round)
     load_after = measure.loadavg()
     steal = measure.steal_share(cpu_before, measure.cpu_times())
     notes = list(bench.notes)
@@ -632,7 +632,7 @@ def _report(bench: Bench, settings: Settings, args: argparse.Namespace, load_bef
                   "cpu_steal_share": round(steal, 4), "calibration_ms": calib,
                   "wall_s_before_report": round(time.monotonic() - t0, 1)},
         rounds=bench.rounds, med=med, rat=rat, rss_peak_mb=bench.rss_peak_mb, verdicts=verdicts, notes=notes,
-        scale=bench.scale)
+        scale=bench.scale, per_round=per_round)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")

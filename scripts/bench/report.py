@@ -6,7 +6,7 @@ in milliseconds, CPU in seconds of one core per 1000 requests (equal to vCPU per
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +132,29 @@ def ratios(med: Mapping[str, Figures]) -> dict[str, dict[str, float | None]]:
     return out
 
 
+Ratios = dict[str, dict[str, float | None]]  # system -> ratio or added latency -> value
+
+
+def round_ratios(rounds: Sequence[Mapping[str, Figures]]) -> tuple[Ratios, list[Ratios]]:
+    """Every ratio and added latency from each round's own figures, and the median of those over
+    the rounds (the first item; the second is the per-round list).
+
+    Why per round: the cases of one round run back to back, within a minute or two of each other,
+    and the next round runs minutes later. On a shared VM whose speed drifts by 1.5-2x in that time
+    (the calibration loop shows it), a ratio of two medians can pair a fast round's figure with a
+    slow round's; a round's own ratio compares like with like."""
+    per = [ratios(r) for r in rounds]
+    if not per:
+        return ratios({}), []
+    out: Ratios = {}
+    for system in per[0]:
+        out[system] = {}
+        for key in per[0][system]:
+            values = [v for p in per if (v := p[system].get(key)) is not None]
+            out[system][key] = median(values) if values else None
+    return out, per
+
+
 @dataclass(frozen=True)
 class Verdict:
     target: str
@@ -141,6 +164,8 @@ class Verdict:
     # What the figure is of when that is smaller than the target's size (a --quick run: "10 pods");
     # such a figure is shown but not judged.
     of: str = ""
+    # A ratio or an added latency: the value of each round, whose median is ``measured``.
+    rounds: tuple[float | None, ...] = ()
 
     @property
     def word(self) -> str:
@@ -163,26 +188,27 @@ def _worst(values: Mapping[str, Any] | None) -> float | None:
 
 
 def bar(med: Mapping[str, Figures], rat: Mapping[str, Mapping[str, float | None]],
-        rss_peak_mb: Mapping[str, Mapping[str, float]], scale: Scale | None = None) -> list[Verdict]:
-    """The issue's targets for the full mesh path, each with the measured figure. CPU and RSS
-    are per sidecar, so the worse of the two sidecars is what is checked. Then the scale part
-    (see scale_bar)."""
+        rss_peak_mb: Mapping[str, Mapping[str, float]], scale: Scale | None = None,
+        per_round: Sequence[Mapping[str, Mapping[str, float | None]]] = ()) -> list[Verdict]:
+    """The issue's targets for the full mesh path, each with the measured figure: ``rat`` as
+    round_ratios gives it (``per_round`` its values round by round, shown next to it). CPU and
+    RSS are per sidecar, so the worse of the two sidecars' medians is what is checked. Then the
+    scale part (see scale_bar)."""
     m = rat["meshns"]
     cpu = _worst(med.get("fixed/meshns", {}).get("cpu_s_per_1k"))
     rss = _worst(rss_peak_mb.get("meshns"))
+
+    def judged(target: str, key: str, unit: str, ok: Callable[[float | None], bool | None]) -> Verdict:
+        return Verdict(target, m[key], unit, ok(m[key]), rounds=tuple(r["meshns"].get(key) for r in per_round))
+
     return [
-        Verdict("HTTP/1.1 max req/s >= 1.0x HAProxy's", m["rps_vs_haproxy"], "x",
-                _at_least(m["rps_vs_haproxy"], 1.0)),
-        Verdict("added p90 over direct at 1000 req/s <= 0.6 ms", m["added_p90_ms"], "ms",
-                _at_most(m["added_p90_ms"], 0.6)),
-        Verdict("added p99 over direct at 1000 req/s <= 1.5 ms", m["added_p99_ms"], "ms",
-                _at_most(m["added_p99_ms"], 1.5)),
+        judged("HTTP/1.1 max req/s >= 1.0x HAProxy's", "rps_vs_haproxy", "x", lambda v: _at_least(v, 1.0)),
+        judged("added p90 over direct at 1000 req/s <= 0.6 ms", "added_p90_ms", "ms", lambda v: _at_most(v, 0.6)),
+        judged("added p99 over direct at 1000 req/s <= 1.5 ms", "added_p99_ms", "ms", lambda v: _at_most(v, 1.5)),
         Verdict("CPU <= 0.10 vCPU per 1000 req/s per sidecar", cpu, "vCPU", _at_most(cpu, 0.10)),
         Verdict("RSS <= 40 MB per sidecar", rss, "MB", _at_most(rss, 40.0)),
-        Verdict("L4 bulk without mTLS >= 0.9x direct", m["bulk_plain_vs_direct"], "x",
-                _at_least(m["bulk_plain_vs_direct"], 0.9)),
-        Verdict("L4 bulk with mTLS >= 1.0x HAProxy with TLS", m["bulk_tls_vs_haproxy"], "x",
-                _at_least(m["bulk_tls_vs_haproxy"], 1.0)),
+        judged("L4 bulk without mTLS >= 0.9x direct", "bulk_plain_vs_direct", "x", lambda v: _at_least(v, 0.9)),
+        judged("L4 bulk with mTLS >= 1.0x HAProxy with TLS", "bulk_tls_vs_haproxy", "x", lambda v: _at_least(v, 1.0)),
         *scale_bar(scale),
     ]
 
@@ -247,17 +273,18 @@ def table(med: Mapping[str, Figures], rat: Mapping[str, Mapping[str, float | Non
     lines += [label.ljust(width) + "".join(c.rjust(11) for c in cells) for label, cells in rows]
     lines.append("(direct has no TLS: its bulk figure is the limit for both bulk rows)")
     m, h = rat["meshns"], rat["haproxy"]
-    lines += ["", "ratios".ljust(width) + "".join(c.rjust(15) for c in ("meshns/direct", "meshns/haproxy",
-                                                                        "haproxy/direct"))]
+    heads = ("meshns/direct", "meshns/haproxy", "haproxy/direct")
+    lines += ["", "ratios".ljust(width) + "".join(c.rjust(15) for c in heads)]
     for label, key, hkey in (("max req/s", "rps_vs_direct", "rps_vs_haproxy"),
                              ("bulk mTLS", "bulk_tls_vs_direct", "bulk_tls_vs_haproxy"),
                              ("bulk plain", "bulk_plain_vs_direct", "bulk_plain_vs_haproxy")):
         lines.append(label.ljust(width) + "".join(_fmt(v).rjust(15) for v in (m[key], m[hkey], h[key])))
-    lines.append("added latency ms".ljust(width) + "".join(c.rjust(15) for c in ("meshns-direct", "meshns-haproxy",
-                                                                                "haproxy-direct")))
+    added = ("meshns-direct", "meshns-haproxy", "haproxy-direct")
+    lines.append("added latency ms".ljust(width) + "".join(c.rjust(15) for c in added))
     for q in ("p50", "p90", "p99"):
         lines.append(f"  {q}".ljust(width) + "".join(
             _fmt(v).rjust(15) for v in (m[f"added_{q}_ms"], m[f"{q}_vs_haproxy_ms"], h[f"added_{q}_ms"])))
+    lines.append("(ratios and added latency: each round's own, then their median over the rounds)")
     return "\n".join(lines)
 
 
@@ -267,6 +294,8 @@ def bar_text(verdicts: Sequence[Verdict]) -> str:
         figure = "-" if v.measured is None else f"{v.measured:.3f} {v.unit}"
         if v.of and v.measured is not None:
             figure += f" (of {v.of}: not comparable)"
+        if len(v.rounds) > 1:
+            figure += " (median of rounds: " + ", ".join(_fmt(r) for r in v.rounds) + ")"
         lines.append(f"  {v.word:<16} {v.target:<54} measured {figure}")
     return "\n".join(lines)
 
@@ -316,8 +345,10 @@ def scale_document(scale: Scale | None) -> dict[str, Any] | None:
 def document(*, machine: Mapping[str, object], settings: Mapping[str, object],
              rounds: Sequence[Mapping[str, Figures]], med: Mapping[str, Figures],
              rat: Mapping[str, Mapping[str, float | None]], rss_peak_mb: Mapping[str, Mapping[str, float]],
-             verdicts: Sequence[Verdict], notes: Sequence[str], scale: Scale | None = None) -> dict[str, Any]:
-    """bench.json: enough to redo every number in the table from the raw figures."""
+             verdicts: Sequence[Verdict], notes: Sequence[str], scale: Scale | None = None,
+             per_round: Sequence[Mapping[str, Mapping[str, float | None]]] = ()) -> dict[str, Any]:
+    """bench.json: enough to redo every number in the table from the raw figures. "ratios" are
+    the medians of "ratios_per_round" (see round_ratios)."""
     return {
         "machine": dict(machine),
         "settings": dict(settings),
@@ -329,6 +360,7 @@ def document(*, machine: Mapping[str, object], settings: Mapping[str, object],
         "median": dict(med),
         "rss_peak_mb": {k: dict(v) for k, v in rss_peak_mb.items()},
         "ratios": {k: dict(v) for k, v in rat.items()},
+        "ratios_per_round": [{k: dict(v) for k, v in r.items()} for r in per_round],
         "scale": scale_document(scale),
         "bar": [asdict(v) | {"verdict": v.word} for v in verdicts],
         "notes": list(notes),

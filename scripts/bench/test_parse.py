@@ -191,6 +191,24 @@ def test_medians_ratios_and_bar() -> None:
     assert verdicts[4].measured == 41.0
 
 
+def test_ratios_are_taken_within_each_round_then_their_median() -> None:
+    # The machine runs at a different speed each round; meshns and HAProxy drift with it.
+    rounds = [{"rps/meshns": {"rps": m}, "rps/haproxy": {"rps": h}, "fixed/direct": {"p90_ms": d},
+               "fixed/meshns": {"p90_ms": mp}}
+              for m, h, d, mp in ((100, 100, 0.2, 0.9), (200, 210, 0.1, 0.6), (150, 140, 0.4, 1.5))]
+    rat, per = report.round_ratios(rounds)
+    assert [p["meshns"]["rps_vs_haproxy"] for p in per] == pytest.approx([1.0, 200 / 210, 150 / 140])
+    assert rat["meshns"]["rps_vs_haproxy"] == pytest.approx(1.0)
+    # (the ratio of the medians would pair round 3's meshns with round 1's HAProxy: 150 / 140)
+    assert report.ratios(report.medians(rounds))["meshns"]["rps_vs_haproxy"] == pytest.approx(150 / 140)
+    assert rat["meshns"]["added_p90_ms"] == pytest.approx(0.7)
+    assert rat["meshns"]["bulk_tls_vs_haproxy"] is None  # not measured in any round
+    verdicts = report.bar(report.medians(rounds), rat, {}, per_round=per)
+    assert verdicts[0].met is True and verdicts[0].rounds == pytest.approx((1.0, 200 / 210, 150 / 140))
+    assert "median of rounds: 1.00, 0.95, 1.07" in report.bar_text(verdicts)
+    assert report.round_ratios([]) == (report.ratios({}), [])
+
+
 def test_bar_reports_unmeasured() -> None:
     rat = report.ratios({})
     verdicts = report.bar({}, rat, {})
