@@ -117,12 +117,26 @@ def _unwrap(exc: httptools.HttpParserCallbackError) -> BaseException:
 
 
 class RequestParserLL(_Base):
+    """A long Content-Length body is counted past the read that carried its head, as in
+    ResponseParserLL. llhttp is then mid-body for good, so what follows the body on the
+    connection (a pipelined request) goes to a new llhttp parser; after a request that closes the
+    connection nothing more is parsed (llhttp refuses such bytes, see _AFTER_CLOSE)."""
+
     def __init__(self, sink: RequestSink) -> None:
         super().__init__()
         self._sink = sink
-        self.on_body = sink.on_request_body  # the hot path: llhttp calls the sink directly
-        self.on_message_complete = sink.on_request_complete
+        self._sink_body = sink.on_request_body
+        self.on_message_complete = sink.on_request_complete  # llhttp calls the sink directly
+        self._left = 0  # a counted body's bytes still to come
+        self._counting = False  # its head's read is through: llhttp sees no more of it
+        self._keep_alive = True  # the request being parsed lets the connection go on
+        self._closed = False  # a counted request closed the connection: nothing after it is parsed
         self._p = httptools.HttpRequestParser(self)
+
+    def on_body(self, data: bytes) -> None:
+        if self._left:
+            self._left -= len(data)
+        self._sink_body(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -148,10 +162,39 @@ class RequestParserLL(_Base):
         # Not kept by the parser: an idle keep-alive connection holds its parser until the next request.
         self._url = b""
         self._headers = []
-        self._sink.on_request_head(request_head(method, url, minor, headers))
+        head = request_head(method, url, minor, headers)
+        self._sink.on_request_head(head)
+        self._keep_alive = head.keep_alive
+        if (head.content_length is not None and head.content_length >= COUNT_MIN and not head.upgrade
+                and method != b"CONNECT"):
+            self._left = head.content_length
 
     def feed(self, data: bytes) -> bytes | None:
-        return self._feed(self._p, data, 400)
+        if self._counting:
+            return self._counted(data)
+        if self._closed:
+            return None
+        rest = self._feed(self._p, data, 400)
+        if self._left:  # llhttp completes a body only once it all came (on_body counts it down)
+            self._counting = True
+        return rest
+
+    def _counted(self, data: bytes) -> bytes | None:
+        left = self._left
+        n = len(data)
+        if n < left:
+            self._left = left - n
+            self._sink_body(data)
+            return None
+        self._left = 0
+        self._counting = False
+        self._sink_body(data if n == left else data[:left])
+        if self._keep_alive:
+            self._p = httptools.HttpRequestParser(self)  # llhttp stays mid-body: a new one for what follows
+        else:
+            self._closed = True
+        self._sink.on_request_complete()
+        return None if n == left or self._closed else self.feed(data[left:])
 
 
 class ResponseParserLL(_Base):

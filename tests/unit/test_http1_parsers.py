@@ -84,6 +84,8 @@ def run_response(kit_index: int, data: bytes, step: int, head_request: bool, eof
 
 
 H = b"Host: r\r\n"
+LONG = bytes(range(256)) * 300  # 76,800 bytes: over COUNT_MIN, so llhttp's adapter counts it
+POST_LONG = b"POST /l HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n\r\n" % len(LONG) + LONG
 REQUESTS = {
     "get": b"GET /a?b=c HTTP/1.1\r\nHost: r\r\nX-Mixed: Case\r\n\r\n",
     "post-cl": b"POST /p HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhello",
@@ -134,6 +136,16 @@ REQUESTS = {
     "h2-preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
     "space-in-target": b"GET /a b HTTP/1.1\r\n" + H + b"\r\n",
     "lower-version": b"GET / http/1.1\r\n" + H + b"\r\n",
+    # long bodies (counted by llhttp's adapter), and what may follow them on the connection
+    "long-cl": POST_LONG,
+    "long-cl-twice-then-get": POST_LONG + POST_LONG + b"GET /g HTTP/1.1\r\n" + H + b"\r\n",
+    "long-cl-then-bad": POST_LONG + b"GET /g HTTP/1.1\r\n" + H + b"Content-Length: 1, 1\r\n\r\nx",
+    "long-cl-close-then-bytes": POST_LONG.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+                                + b"GET /2 HTTP/1.1\r\n" + H + b"\r\n\x00garbage",
+    "long-cl-http10-then-bytes": POST_LONG.replace(b"HTTP/1.1", b"HTTP/1.0", 1) + b"GET /2 HTTP/1.1\r\n\r\n",
+    "long-cl-http10-ka": POST_LONG.replace(b"HTTP/1.1\r\n", b"HTTP/1.0\r\nConnection: keep-alive\r\n", 1)
+                         + b"GET /2 HTTP/1.0\r\n\r\n",
+    "long-cl-short": POST_LONG + POST_LONG[:-1],
 }
 
 
@@ -152,7 +164,8 @@ def test_request_parsers_agree(name: str, step: int) -> None:
 REJECTED = {"te-trailer", "cl-trailer", "cl-te", "te-cl", "two-cl-same", "two-cl-diff", "cl-list", "cl-neg", "cl-plus", "bad-chunk",
             "neg-chunk", "huge-chunk", "chunk-no-crlf", "te-gzip", "te-identity", "obs-fold", "bare-lf",
             "bare-lf-header", "bare-cr", "space-before-colon", "bad-name", "nul-value", "no-host",
-            "two-hosts", "http12", "h2-preface", "space-in-target", "lower-version"}
+            "two-hosts", "http12", "h2-preface", "space-in-target", "lower-version",
+            "long-cl-then-bad"}
 
 
 @pytest.mark.parametrize("name", sorted(REQUESTS))
@@ -160,7 +173,6 @@ def test_request_verdicts(name: str) -> None:
     assert (run_request(1, REQUESTS[name], 1 << 20)[0] == "reject") == (name in REJECTED)
 
 
-LONG = bytes(range(256)) * 300  # 76,800 bytes: over COUNT_MIN
 RESPONSES = {
     "cl": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\nhi", False, False),
     "chunked": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n", False, False),
@@ -333,3 +345,27 @@ def test_an_upstream_closing_mid_count_is_refused() -> None:
     with pytest.raises(ParseError) as info:
         parser.feed_eof()
     assert info.value.status == 502 and "end" not in rec.events
+
+
+def test_a_long_request_body_reaches_the_sink_as_read_and_the_next_request_is_parsed_after_it() -> None:
+    rec = Recorder()
+    got: list[bytes] = []
+    keep = rec.on_request_body
+
+    def body(data: bytes) -> None:
+        got.append(data)
+        keep(data)
+
+    rec.on_request_body = body  # type: ignore[method-assign]
+    parser = KITS[1].request(rec)
+    head = POST_LONG[:-len(LONG)]
+    later = [LONG[500:60000], LONG[60000:]]
+    for chunk in (head + LONG[:500], *later):
+        assert parser.feed(chunk) is None
+    assert all(a is b for a, b in zip(got[1:], later, strict=True))  # handed on, not copied
+    assert rec.events[-2:] == [("body", LONG), "end"]
+    # a pipelined request right behind a counted body, in the same read as its last bytes
+    assert parser.feed(POST_LONG[:-10]) is None
+    assert parser.feed(POST_LONG[-10:] + b"GET /next HTTP/1.1\r\n" + H + b"\r\n") is None
+    assert [e[2] for e in rec.events if isinstance(e, tuple) and e[0] == "head"] == [b"/l", b"/l", b"/next"]
+    assert rec.events[-1] == "end"
