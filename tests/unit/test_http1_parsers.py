@@ -284,18 +284,25 @@ def test_bytes_after_a_closing_request_are_ignored(step: int) -> None:
 
 # llhttp's adapter on its own: what counting a long body changes, and what it must not.
 
-def _counted_run(chunks: list[bytes]) -> tuple[Recorder, Any, list[bytes], str | None]:
-    """Feed ``chunks`` to one llhttp response parser; the recorder, the parser, the body chunks
-    as the sink got them (the objects themselves), and the refusal's reason if any."""
-    rec = Recorder()
+def _tap(rec: Recorder, name: str) -> list[bytes]:
+    """The body chunks as ``rec`` gets them from now on: the objects themselves, so a chunk handed
+    on as it was read can be told from a copy."""
     got: list[bytes] = []
-    keep = rec.on_response_body
+    keep = getattr(rec, name)
 
     def body(data: bytes) -> None:
         got.append(data)
         keep(data)
 
-    rec.on_response_body = body  # type: ignore[method-assign]
+    setattr(rec, name, body)
+    return got
+
+
+def _counted_run(chunks: list[bytes]) -> tuple[Recorder, Any, list[bytes], str | None]:
+    """Feed ``chunks`` to one llhttp response parser; the recorder, the parser, the body chunks
+    as the sink got them (the objects themselves), and the refusal's reason if any."""
+    rec = Recorder()
+    got = _tap(rec, "on_response_body")
     parser = KITS[1].response(rec, False, False)
     try:
         for chunk in chunks:
@@ -349,14 +356,7 @@ def test_an_upstream_closing_mid_count_is_refused() -> None:
 
 def test_a_long_request_body_reaches_the_sink_as_read_and_the_next_request_is_parsed_after_it() -> None:
     rec = Recorder()
-    got: list[bytes] = []
-    keep = rec.on_request_body
-
-    def body(data: bytes) -> None:
-        got.append(data)
-        keep(data)
-
-    rec.on_request_body = body  # type: ignore[method-assign]
+    got = _tap(rec, "on_request_body")
     parser = KITS[1].request(rec)
     head = POST_LONG[:-len(LONG)]
     later = [LONG[500:60000], LONG[60000:]]
