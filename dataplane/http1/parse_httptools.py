@@ -29,8 +29,9 @@ _TE_ERRORS: Final = ("Invalid `Transfer-Encoding` header value", "Empty Transfer
 # After a request that closes the connection, llhttp refuses any further byte; the connection
 # is closed after the response anyway, so they are ignored (as the h11 adapter does).
 _AFTER_CLOSE: Final = "Data after `Connection: close`"
-# A response body of at least this Content-Length is counted rather than parsed once its head is
-# through (ResponseParserLL): llhttp copies every body span it reports into a new bytes object.
+# A body of at least this Content-Length is counted rather than parsed once the read carrying its
+# head is through (RequestParserLL, ResponseParserLL): llhttp copies every body span it reports
+# into a new bytes object. Below it a body mostly comes in the head's own read anyway.
 COUNT_MIN: Final = 64 * 1024
 
 
