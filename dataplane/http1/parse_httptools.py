@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 import httptools
@@ -50,14 +51,42 @@ def _too_large() -> ParseError:
 
 
 class _Base:
-    """Head collection shared by both directions."""
+    """Head collection shared by both directions, and the counting of a long body (COUNT_MIN):
+    llhttp parses the read that carries its head with ``_count`` as the body callback, and
+    ``_take_counted`` hands on the reads after it until the body's length is reached."""
 
-    def __init__(self) -> None:
+    def __init__(self, sink_body: Callable[[bytes], None]) -> None:
         self._url = b""
         self._headers: Headers = []
         self._size = 0
         self._partial = 0
         self._in_head = True
+        self._sink_body = sink_body
+        self._body = sink_body  # llhttp's on_body goes here (see _count)
+        self._left = 0  # a counted body's bytes still to come
+        self._counting = False  # the read that carried its head is through: llhttp sees no more of it
+
+    def on_body(self, data: bytes) -> None:
+        self._body(data)
+
+    def _count(self, data: bytes) -> None:
+        """``_body`` while llhttp parses the read that carried a counted body's head."""
+        self._left -= len(data)
+        self._sink_body(data)
+
+    def _take_counted(self, data: bytes) -> bytes | None:
+        """Hand on one read of a counted body: None while the body goes on, else the bytes past
+        its end (b"" when the read ended with it)."""
+        left = self._left
+        n = len(data)
+        if n < left:
+            self._left = left - n
+            self._sink_body(data)
+            return None
+        self._left = 0
+        self._counting = False
+        self._sink_body(data if n == left else data[:left])
+        return data[left:]
 
     def on_message_begin(self) -> None:
         self._url = b""
@@ -124,20 +153,12 @@ class RequestParserLL(_Base):
     connection nothing more is parsed (llhttp refuses such bytes, see _AFTER_CLOSE)."""
 
     def __init__(self, sink: RequestSink) -> None:
-        super().__init__()
+        super().__init__(sink.on_request_body)
         self._sink = sink
-        self._sink_body = sink.on_request_body
         self.on_message_complete = sink.on_request_complete  # llhttp calls the sink directly
-        self._left = 0  # a counted body's bytes still to come
-        self._counting = False  # its head's read is through: llhttp sees no more of it
         self._keep_alive = True  # the request being parsed lets the connection go on
         self._closed = False  # a counted request closed the connection: nothing after it is parsed
         self._p = httptools.HttpRequestParser(self)
-
-    def on_body(self, data: bytes) -> None:
-        if self._left:
-            self._left -= len(data)
-        self._sink_body(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -169,6 +190,9 @@ class RequestParserLL(_Base):
         if (head.content_length is not None and head.content_length >= COUNT_MIN and not head.upgrade
                 and method != b"CONNECT"):
             self._left = head.content_length
+            self._body = self._count
+        else:
+            self._body = self._sink_body
 
     def feed(self, data: bytes) -> bytes | None:
         if self._counting:
@@ -176,26 +200,20 @@ class RequestParserLL(_Base):
         if self._closed:
             return None
         rest = self._feed(self._p, data, 400)
-        if self._left:  # llhttp completes a body only once it all came (on_body counts it down)
+        if self._left:  # llhttp completes a body only once it all came (_count counts it down)
             self._counting = True
         return rest
 
     def _counted(self, data: bytes) -> bytes | None:
-        left = self._left
-        n = len(data)
-        if n < left:
-            self._left = left - n
-            self._sink_body(data)
+        rest = self._take_counted(data)
+        if rest is None:
             return None
-        self._left = 0
-        self._counting = False
-        self._sink_body(data if n == left else data[:left])
         if self._keep_alive:
             self._p = httptools.HttpRequestParser(self)  # llhttp stays mid-body: a new one for what follows
         else:
             self._closed = True
         self._sink.on_request_complete()
-        return None if n == left or self._closed else self.feed(data[left:])
+        return None if not rest or self._closed else self.feed(rest)
 
 
 class ResponseParserLL(_Base):
@@ -217,16 +235,15 @@ class ResponseParserLL(_Base):
         self._arm(sink, head_request)
 
     def _arm(self, sink: ResponseSink, head_request: bool) -> None:
-        _Base.__init__(self)
+        _Base.__init__(self, sink.on_response_body)
         self._sink = sink
         self._no_body = head_request
         self._done = False
         self._complete = False  # llhttp saw the end of the message (on_message_complete)
         self._info = False
         self._close_delimited = False
-        self._body = self._drop if head_request else sink.on_response_body
-        self._left = 0  # a counted body's bytes still to come (see the class)
-        self._counting = False  # its head's read is through: llhttp sees no more of it
+        if head_request:
+            self._body = self._drop
 
     def rearm(self, sink: ResponseSink, head_request: bool, upgrade: bool) -> bool:
         """Take the next response on the same connection; False when a new parser is needed."""
@@ -235,14 +252,6 @@ class ResponseParserLL(_Base):
         self.reusable = False
         self._arm(sink, head_request)
         return True
-
-    def on_body(self, data: bytes) -> None:
-        self._body(data)
-
-    def _count(self, data: bytes) -> None:
-        """``_body`` while llhttp still parses the read that carried a counted body's head."""
-        self._left -= len(data)
-        self._sink.on_response_body(data)
 
     def _drop(self, data: bytes) -> None:
         pass
@@ -298,18 +307,12 @@ class ResponseParserLL(_Base):
         return rest
 
     def _counted(self, data: bytes) -> None:
-        left = self._left
-        n = len(data)
-        if n < left:
-            self._left = left - n
-            self._sink.on_response_body(data)
+        rest = self._take_counted(data)
+        if rest is None:
             return
-        self._left = 0
-        self._counting = False
-        self._sink.on_response_body(data if n == left else data[:left])
         self._done = True
         self._sink.on_response_complete()
-        if n > left:
+        if rest:
             raise ParseError(502, "bytes after the response")
 
     def feed_eof(self) -> None:
