@@ -41,10 +41,11 @@ _FIELD: Final = re.compile(rb"(" + _TCHAR + rb"+):[ \t]*([\t\x20-\x7e\x80-\xff]*
 _SPACES: Final = re.compile(rb" +")
 _HEX: Final = re.compile(rb"[0-9A-Fa-f]+")
 # After the size: ;name[=value] repeated. llhttp takes an empty name before "=" or ";" but not at
-# the end of the line, a token or a quoted string as the value, and no whitespace anywhere.
+# the end of the line, as the value a token, a quoted string or a token run straight into one
+# quoted string (a=5"x"), and no whitespace anywhere. The framer drops extensions either way.
 _QUOTED: Final = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
 _CHUNK_EXT: Final = re.compile(
-    rb"(?:;(?:" + _TCHAR + rb"+|(?=[;=]))(?:=(?:" + _TCHAR + rb"*|" + _QUOTED + rb"))?)*")
+    rb"(?:;(?:" + _TCHAR + rb"+|(?=[;=]))(?:=" + _TCHAR + rb"*(?:" + _QUOTED + rb")?)?)*")
 _MAX_CHUNK: Final = 1 << 64  # llhttp's chunk size is a uint64
 _H11_SIZE_DIGITS: Final = 20
 _VERSIONS: Final = (b"1.0", b"1.1")
