@@ -205,6 +205,9 @@ class ResponseParserH11:
                 elif isinstance(ev, h11.EndOfMessage):
                     self._done = True
                     sink.on_response_complete()
+                    if self._conn.trailing_data[0]:
+                        # As llhttp's adapter: the response stands, the connection is not pooled.
+                        raise ParseError(502, "bytes after the response")
                 else:
                     return None
         except h11.RemoteProtocolError as exc:

@@ -243,7 +243,7 @@ class ResponseParserLL(_Base):
         self._info = False
         self._close_delimited = False
         if head_request:
-            self._body = self._drop
+            self._body = self._past_head
 
     def rearm(self, sink: ResponseSink, head_request: bool, upgrade: bool) -> bool:
         """Take the next response on the same connection; False when a new parser is needed."""
@@ -253,8 +253,10 @@ class ResponseParserLL(_Base):
         self._arm(sink, head_request)
         return True
 
-    def _drop(self, data: bytes) -> None:
-        pass
+    def _past_head(self, data: bytes) -> None:
+        # llhttp does not know the request was HEAD and takes what follows the head as its body;
+        # it is a response nobody asked for, refused as bytes after any other response are.
+        raise ParseError(502, "bytes after the response")
 
     def on_message_begin(self) -> None:
         if self._done:

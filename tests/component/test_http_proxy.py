@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable
+import contextlib
+from collections.abc import Awaitable, Callable
 
 import pytest
-from httpkit import LO, Client, backends, raw_exchange, service, sidecar, uvloop_test
+from httpkit import LO, Backend, Client, backends, raw_exchange, service, sidecar, uvloop_test
 
 from meshns.snapshot import HttpRoute
 
@@ -305,3 +306,36 @@ async def test_budget_stops_a_retry_storm() -> None:
             assert peak_retries <= max(3, 0.2 * 50), peak_retries
             for c in clients:
                 c.close()
+
+
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_an_upstream_connection_that_sends_more_than_its_response_is_not_pooled(parser: str, method: str) -> None:
+    # The upstream writes its answer and the start of a response nobody asked for in one send.
+    # The answer stands; the connection is closed, not pooled, so the next request takes a new one.
+    extra = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"
+
+    def answering(be: Backend) -> Callable[..., Awaitable[None]]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            be.connections += 1
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                while True:
+                    await reader.readuntil(b"\r\n\r\n")
+                    be.requests += 1
+                    body = b"" if method == "HEAD" else b"hi"
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n" + body + extra)
+            writer.close()
+        return handle
+
+    @uvloop_test
+    async def run() -> None:
+        async with backends(1, answering) as (port, bes), sidecar(service(port, 1), parser=parser) as side:
+            client = await Client.open(side)
+            for _ in range(2):
+                reply = await client.request(method, "/")
+                assert (reply.status, reply.body) == (200, b"" if method == "HEAD" else b"hi")
+            client.close()
+            assert bes[0].requests == 2
+            assert bes[0].connections == 2  # one per request: the first was not pooled
+
+    run()
