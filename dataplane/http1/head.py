@@ -9,6 +9,7 @@ Trailer, Transfer-Encoding (the proxy re-frames bodies itself) and Upgrade (kept
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -171,7 +172,24 @@ def request_head(method: bytes, target: bytes, minor: int, headers: Headers) -> 
                        expect == b"100-continue", tokens, host)
 
 
+# RFC 9112 4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ). h11 refuses anything else there;
+# llhttp takes control bytes, NUL included, which the reason would carry to the client.
+_BAD_REASON: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def response_head(status: int, reason: bytes, minor: int, headers: Headers) -> ResponseHead:
+    if _BAD_REASON.search(reason) is not None:
+        raise ParseError(502, "control character in the reason phrase")
+    if status < 100:  # llhttp takes any three digits, "020" too; h11 and RFC 9110 15 do not
+        raise ParseError(502, "bad status code")
+    if 104 <= status < 200:
+        # llhttp skips the body of 100 to 103 only, and would read any other 1xx's body by its
+        # framing (to the close without one); such codes are unassigned (RFC 9110 15.2).
+        raise ParseError(502, "an unknown 1xx status")
+    if status < 200 and minor == 0:
+        # HTTP/1.0 has no 1xx (RFC 9110 15.2); llhttp takes one as closing the connection and
+        # refuses the final response after it, h11 reads on.
+        raise ParseError(502, "a 1xx response in HTTP/1.0")
     cl, te, tokens, _, _ = _framing(headers, False)
     # A coding other than chunked alone: the body runs to the close (RFC 9112 6.3).
     chunked = te == b"chunked"

@@ -27,6 +27,8 @@ from meshns.dataplane.http1.strict import ChunkFramer, HeadCollector
 
 _CL_LINE: Final = re.compile(rb"\r\ncontent-length[ \t]*:([^\r\n]*)", re.IGNORECASE)
 _MAX_CHUNK: Final = 1 << 64  # llhttp's chunk size is a uint64
+_VERSIONS: Final = (b"1.0", b"1.1")  # a status line's, as the httptools adapter takes them
+_CTL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # HTAB aside; CR and LF are checked apart
 
 
 def _precheck(buf: bytes) -> None:
@@ -37,6 +39,8 @@ def _precheck(buf: bytes) -> None:
     rest = region.replace(b"\r\n", b"")
     if b"\n" in rest or b"\r" in rest:
         raise ParseError(400, "bare CR or LF in head")
+    if _CTL.search(rest) is not None:  # h11 takes them in a response's field values, llhttp does not
+        raise ParseError(400, "control character in head")
     if b"\r\n " in region or b"\r\n\t" in region:
         raise ParseError(400, "obsolete line folding")
     lengths = _CL_LINE.findall(region)
@@ -154,15 +158,22 @@ class RequestParserH11:
 class ResponseParserH11:
     def __init__(self, sink: ResponseSink, head_request: bool, upgrade: bool) -> None:
         self._sink = sink
-        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self._request = (head_request, upgrade)
+        self._conn = self._connection()
+        self._head_buf: bytes | None = b""
+        self._leading = True  # no byte of a status line yet: CR and LF are skipped, as llhttp does
+        self._done = False
+
+    def _connection(self) -> h11.Connection:
+        """An h11 client that has sent the request this response answers."""
+        head_request, upgrade = self._request
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
         headers = [(b"host", b"upstream")]
         if upgrade:
             headers += [(b"connection", b"upgrade"), (b"upgrade", b"x")]
-        self._conn.send(h11.Request(method=b"HEAD" if head_request else b"GET", target=b"/",
-                                    headers=headers))
-        self._conn.send(h11.EndOfMessage())
-        self._head_buf: bytes | None = b""
-        self._done = False
+        conn.send(h11.Request(method=b"HEAD" if head_request else b"GET", target=b"/", headers=headers))
+        conn.send(h11.EndOfMessage())
+        return conn
 
     def rearm(self, sink: ResponseSink, head_request: bool, upgrade: bool) -> bool:
         return False  # h11's client state is per request; the reference parser stays simple
@@ -170,6 +181,11 @@ class ResponseParserH11:
     def feed(self, data: bytes) -> bytes | None:
         if self._done:
             return None
+        if self._leading:
+            data = data.lstrip(b"\r\n")
+            if not data:
+                return None
+            self._leading = False
         if self._head_buf is not None:
             self._head_buf += data
             _precheck(self._head_buf)
@@ -184,6 +200,17 @@ class ResponseParserH11:
         if not self._done:
             raise ParseError(502, "upstream closed mid-response")
 
+    def _next_head(self) -> None:
+        """After a 1xx: the final head may have come in the same read. A new h11 client (the same
+        request) takes it, its leading CR and LF skipped, and checked."""
+        rest = bytes(self._conn.trailing_data[0]).lstrip(b"\r\n")
+        self._conn = self._connection()
+        self._leading = not rest
+        self._head_buf = rest
+        if rest:  # h11 takes b"" for the close
+            _precheck(rest)
+            self._conn.receive_data(rest)
+
     def _drain(self) -> bytes | None:
         sink = self._sink
         try:
@@ -192,13 +219,18 @@ class ResponseParserH11:
                 if ev is h11.NEED_DATA or ev is h11.PAUSED:
                     return None
                 if isinstance(ev, (h11.InformationalResponse, h11.Response)):
-                    self._head_buf = b"" if isinstance(ev, h11.InformationalResponse) else None
+                    if ev.http_version not in _VERSIONS:  # h11 takes any HTTP/x.y
+                        raise ParseError(502, "unsupported HTTP version")
                     minor = 0 if ev.http_version == b"1.0" else 1
                     sink.on_response_head(response_head(ev.status_code, ev.reason, minor,
                                                         list(ev.headers.raw_items())))
                     if ev.status_code == 101:
                         self._done = True
                         return bytes(self._conn.trailing_data[0])
+                    if isinstance(ev, h11.InformationalResponse):
+                        self._next_head()
+                    else:
+                        self._head_buf = None
                 elif isinstance(ev, h11.Data):
                     _check_chunk(self._conn, ev)
                     sink.on_response_body(bytes(ev.data))

@@ -269,11 +269,16 @@ class ResponseParserLL(_Base):
     def on_headers_complete(self) -> None:
         self._in_head = False
         p = self._p
-        minor = 0 if p.get_http_version() == "1.0" else 1
+        version = p.get_http_version()
+        if version not in _VERSIONS:  # llhttp takes HTTP/0.9 and HTTP/2.0 status lines too
+            raise ParseError(502, "unsupported HTTP version")
+        minor = 0 if version == "1.0" else 1
         status = p.get_status_code()
         head = response_head(status, self._url, minor, self._headers)
         self._info = 100 <= status < 200
-        self._close_delimited = not head.keep_alive and head.content_length is None and not head.chunked
+        # A 1xx is never the response: an EOF after one is a close mid-response.
+        self._close_delimited = (not self._info and not head.keep_alive and head.content_length is None
+                                 and not head.chunked)
         self._sink.on_response_head(head)
         if self._no_body and not self._info:
             # llhttp does not know the request was HEAD; the head is the whole response.

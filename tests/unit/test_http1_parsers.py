@@ -190,6 +190,39 @@ RESPONSES = {
     "cl-te": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", False, False),
     "two-cl": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc", False, False),
     "bad-status": (b"HTTP/1.1 2000 OK\r\n\r\n", False, False),
+    # found by the fuzzer: h11 takes any HTTP/x.y status line, llhttp 0.9, 1.0, 1.1 and 2.0
+    # found by the fuzzer: llhttp takes control bytes (NUL too) in the reason phrase, h11 does not
+    "reason-nul": (b"HTTP/1.1 200 O\x00K\r\nContent-Length: 1\r\n\r\nx", False, False),
+    "reason-del": (b"HTTP/1.1 200 O\x7fK\r\nContent-Length: 1\r\n\r\nx", False, False),
+    "reason-tab-obs": (b"HTTP/1.1 200 O\tK \xe9\r\nContent-Length: 1\r\n\r\nx", False, False),
+    # found by the fuzzer: h11 takes control bytes in a response's field values, llhttp does not
+    "value-ctl": (b"HTTP/1.1 200 OK\r\nX-A: a\x10b\r\nContent-Length: 1\r\n\r\nx", False, False),
+    "value-del": (b"HTTP/1.1 200 OK\r\nX-A: a\x7f\r\nContent-Length: 1\r\n\r\nx", False, False),
+    "value-tab-obs": (b"HTTP/1.1 200 OK\r\nX-A: a\tb\x80\xff\r\nContent-Length: 1\r\n\r\nx", False, False),
+    # found by the fuzzer: the h11 adapter did not check a head that came in the read of a 1xx
+    "bare-lf-after-100": (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-A: b\n\r\n", False, False),
+    # found by the fuzzer: llhttp's adapter took an HTTP/1.0 1xx then the close as the response
+    "100-then-eof": (b"HTTP/1.0 100 Continue\r\n\r\n", False, True),
+    "103-then-eof": (b"HTTP/1.1 103 Early Hints\r\nConnection: close\r\n\r\n", False, True),
+    # found by the fuzzer: llhttp skips CR and LF before a status line, h11 refused them
+    "leading-crlf": (b"\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx", False, False),
+    "leading-cr-lf-mixed": (b"\n\r\rHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx", False, False),
+    "crlf-after-100": (b"HTTP/1.1 100 Continue\r\n\r\n\r\n\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx", False, False),
+    "only-crlf": (b"\r\n\r\n", False, True),
+    "status-020": (b"HTTP/1.1 020 OK\r\nContent-Length: 1\r\n\r\nx", False, False),
+    "status-000": (b"HTTP/1.1 000 OK\r\nContent-Length: 1\r\n\r\nx", False, False),
+    "http10-100-then-200": (b"HTTP/1.0 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\nuntil the end", False, True),
+    # found by the fuzzer: llhttp reads a body after a 1xx other than 100 to 103
+    "120-with-length": (b"HTTP/1.1 120 X\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", False, False),
+    "199-then-200": (b"HTTP/1.1 199 X\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", False, True),
+    "102-then-200": (b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx", False, False),
+    "103-with-length-then-200": (b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\nContent-Length: 0\r\n\r\n"
+                                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx", False, False),
+    "http01": (b"HTTP/0.1 200 OK\r\nContent-Length: 1\r\n\r\nx", False, False),
+    "http09": (b"HTTP/0.9 200 OK\r\nContent-Length: 1\r\n\r\nx", False, False),
+    "http12": (b"HTTP/1.2 200 OK\r\nContent-Length: 1\r\n\r\nx", False, False),
+    "http20": (b"HTTP/2.0 200 OK\r\nContent-Length: 1\r\n\r\nx", False, False),
+    "http20-after-100": (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n", False, False),
     "bad-chunk": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nxx\r\n", False, False),
     "bare-lf": (b"HTTP/1.1 200 OK\nContent-Length: 0\n\n", False, False),
     "obs-fold": (b"HTTP/1.1 200 OK\r\nX-A: 1\r\n 2\r\nContent-Length: 0\r\n\r\n", False, False),
@@ -219,6 +252,31 @@ def test_response_parsers_agree(name: str, step: int) -> None:
     a = run_response(0, data, step, head_request, eof)
     b = run_response(1, data, step, head_request, eof)
     assert a == b, name
+
+
+@pytest.mark.parametrize("name", ["http01", "http09", "http12", "http20", "http20-after-100", "reason-nul", "reason-del",
+                                  "value-ctl", "value-del", "bare-lf-after-100", "100-then-eof",
+                                  "103-then-eof", "status-020", "status-000",
+                                  "http10-100-then-200", "120-with-length", "199-then-200"])
+@pytest.mark.parametrize("kit", [0, 1])
+def test_a_bad_status_line_is_refused(name: str, kit: int) -> None:
+    data, head_request, eof = RESPONSES[name]
+    assert run_response(kit, data, 1 << 20, head_request, eof) == ("reject", None)
+
+
+@pytest.mark.parametrize("kit", [0, 1])
+@pytest.mark.parametrize("step", [1, 1 << 20])
+def test_tunnel_bytes_after_a_101_are_handed_on_untouched(kit: int, step: int) -> None:
+    # CR and LF are skipped before a status line, never after a 101: from there it is not HTTP.
+    data = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n\r\n\nab"
+    rec = Recorder()
+    parser = KITS[kit].response(rec, False, True)
+    for i in range(0, len(data), step):
+        rest = parser.feed(data[i:i + step])
+        if rest is not None:
+            assert rest + data[i + step:] == b"\r\n\nab"
+            return
+    raise AssertionError("no upgrade")
 
 
 @pytest.mark.parametrize("name", sorted(n for n in RESPONSES if n.endswith("-then-bytes")))
