@@ -10,7 +10,8 @@ A crash is any exception other than ParseError, plus the invariants each target 
               bodies and completions; when one refuses, the other never completed a request
               more than the refusing one did (the smuggling shape: a request one parser took
               and the other did not)
-    response  both response parsers, as HEAD or GET, with or without the upstream's EOF
+    response  both response parsers, as HEAD or GET, with or without the upstream's EOF, split
+              as requests are: the same invariants
     detect    the detector on prefixes of the input: a verdict never changes with more bytes
 
 The entry functions (``TARGETS``) need no atheris: tests/unit/test_http1_fuzz_harness.py runs
@@ -31,6 +32,15 @@ ROOT = Path(__file__).resolve().parents[2]
 # Known, documented difference (dataplane/http1/strict.py): a chunk size written with more than
 # 20 hex digits (leading zeros) is taken by llhttp and refused by the h11 adapter. Fails closed.
 _LONG_CHUNK_SIZE = re.compile(rb"(?:^|\n)[0-9A-Fa-f]{21,}")
+
+
+def _other_coding(events: list[Any]) -> bool:
+    """A response head with a Transfer-Encoding that is not "chunked" alone. Known, documented
+    difference (head.response_head): llhttp reads such a body to the close (RFC 9112 6.3), h11
+    refuses the response. Fails closed."""
+    return any(e[0] == "rhead" and any(n.lower() == b"transfer-encoding" and v.strip().lower() != b"chunked"
+                                       for n, v in e[3])
+               for e in events if isinstance(e, tuple))
 
 
 class _Rec:
@@ -57,7 +67,9 @@ class _Rec:
         self.events.append("end")
 
     def on_response_head(self, h: Any) -> None:
-        self.events.append(("rhead", h.status, h.reason, h.headers, h.content_length, h.chunked))
+        # h11 hands on a Transfer-Encoding value lowercased; it is hop-by-hop, never forwarded.
+        headers = [(n, v.lower() if n.lower() == b"transfer-encoding" else v) for n, v in h.headers]
+        self.events.append(("rhead", h.status, h.reason, headers, h.content_length, h.chunked))
 
     on_response_body = on_request_body
     on_response_complete = on_request_complete
@@ -98,7 +110,7 @@ def _run_request(kit: Any, data: bytes, step: int) -> tuple[str, list[Any], int]
 
 
 def _completed(events: list[Any]) -> list[Any]:
-    """The events of the requests that completed."""
+    """The events of the messages that completed."""
     last = max((i for i, e in enumerate(events) if e == "end"), default=-1)
     return events[:last + 1]
 
@@ -112,36 +124,62 @@ def request_one(data: bytes) -> None:
         return
     if a[0] == b[0] == "ok":
         assert a[1] == b[1], (a, b)
-    elif a[0] == "reject" or b[0] == "reject":
-        # What both completed agrees, and no side completed a request the other refused.
-        done_a, done_b = _completed(a[1]), _completed(b[1])
-        n = min(len(done_a), len(done_b))
-        assert done_a[:n] == done_b[:n], (a, b)
-        if a[0] == "reject" and b[0] != "upgrade":
-            assert done_b.count("end") <= done_a.count("end"), ("httptools completed more", a, b)
-        if b[0] == "reject" and a[0] != "upgrade":
-            assert done_a.count("end") <= done_b.count("end"), ("h11 completed more", a, b)
+    else:
+        _agree_on_refusal(a, b)
+
+
+def _agree_on_refusal(a: tuple[Any, ...], b: tuple[Any, ...]) -> None:
+    """When a side refused (verdict, events...): a refusal may come at a different byte (llhttp
+    at the first bad one, h11 at the end of the line), but what both completed agrees, and no
+    side completed a message the other refused (the smuggling or desync shape)."""
+    if a[0] != "reject" and b[0] != "reject":
+        return
+    done_a, done_b = _completed(a[1]), _completed(b[1])
+    n = min(len(done_a), len(done_b))
+    assert done_a[:n] == done_b[:n], (a, b)
+    if a[0] == "reject" and b[0] != "upgrade":
+        assert done_b.count("end") <= done_a.count("end"), ("httptools completed more", a, b)
+    if b[0] == "reject" and a[0] != "upgrade":
+        assert done_a.count("end") <= done_b.count("end"), ("h11 completed more", a, b)
+
+
+def _run_response(kit: Any, data: bytes, step: int, flags: int) -> tuple[str, list[Any]]:
+    from meshns.dataplane.http1.head import ParseError  # noqa: PLC0415
+
+    rec = _Rec()
+    parser = kit.response(rec, bool(flags & 1), bool(flags & 2))
+    try:
+        for i in range(0, len(data), step):
+            rest = parser.feed(data[i:i + step])
+            if rest is not None:
+                rec._flush()
+                return "upgrade", [*rec.events, rest + data[i + step:]]
+        if flags & 4:
+            parser.feed_eof()
+    except ParseError:  # the exchange answers 502 whatever the status says (upstream_broken)
+        rec._flush()
+        return "reject", rec.events
+    rec._flush()
+    return "ok", rec.events
 
 
 def response_one(data: bytes) -> None:
-    from meshns.dataplane.http1.head import ParseError  # noqa: PLC0415
-
     if not _KITS:
         _KITS.extend(_kits())
     flags = data[0] if data else 0
     step, body = _pieces(data[1:]) if data else (1, b"")
-    for kit in _KITS:
-        rec = _Rec()
-        parser = kit.response(rec, bool(flags & 1), bool(flags & 2))
-        try:
-            for i in range(0, len(body), step):
-                if parser.feed(body[i:i + step]) is not None:
-                    break
-            else:
-                if flags & 4:
-                    parser.feed_eof()
-        except ParseError:
-            pass
+    a, b = (_run_response(kit, body, step, flags) for kit in _KITS)
+    if a[0] == "reject" and _other_coding(b[1]):
+        return
+    if b[0] == "reject" and any(isinstance(e, tuple) and e[0] == "rhead" and e[5] for e in b[1]):
+        # Known difference, failing closed on the hot path: the h11 adapter frames a response's
+        # chunks by h11's rules (its requests go through strict.ChunkFramer), which take chunk
+        # lines llhttp refuses ("2;", sizes with spaces).
+        return
+    if a[0] == b[0] and a[0] != "reject":
+        assert a[1] == b[1], (a, b)
+    else:
+        _agree_on_refusal(a, b)
 
 
 def detect_one(data: bytes) -> None:
