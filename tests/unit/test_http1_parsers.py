@@ -259,7 +259,7 @@ def test_response_parsers_agree(name: str, step: int) -> None:
                                   "103-then-eof", "status-020", "status-000",
                                   "http10-100-then-200", "120-with-length", "199-then-200"])
 @pytest.mark.parametrize("kit", [0, 1])
-def test_a_bad_status_line_is_refused(name: str, kit: int) -> None:
+def test_a_response_the_upstream_cannot_have_meant_is_refused(name: str, kit: int) -> None:
     data, head_request, eof = RESPONSES[name]
     assert run_response(kit, data, 1 << 20, head_request, eof) == ("reject", None)
 
