@@ -172,13 +172,15 @@ def request_head(method: bytes, target: bytes, minor: int, headers: Headers) -> 
                        expect == b"100-continue", tokens, host)
 
 
-# RFC 9112 4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ). h11 refuses anything else there;
-# llhttp takes control bytes, NUL included, which the reason would carry to the client.
-_BAD_REASON: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Control bytes but HTAB: not allowed in a reason phrase (RFC 9112 4) or a field value (RFC 9110
+# 5.5). h11 refuses them in the reason, llhttp in values; each adapter checks what its parser takes.
+CTL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# The HTTP/1 versions both adapters take, in request and status lines.
+HTTP_VERSIONS: Final = (b"1.0", b"1.1")
 
 
 def response_head(status: int, reason: bytes, minor: int, headers: Headers) -> ResponseHead:
-    if _BAD_REASON.search(reason) is not None:
+    if CTL.search(reason) is not None:  # llhttp takes them, NUL too, and they would reach the client
         raise ParseError(502, "control character in the reason phrase")
     if status < 100:  # llhttp takes any three digits, "020" too; h11 and RFC 9110 15 do not
         raise ParseError(502, "bad status code")

@@ -17,6 +17,8 @@ from typing import Final
 import h11
 
 from meshns.dataplane.http1.head import (
+    CTL,
+    HTTP_VERSIONS,
     MAX_HEAD_BYTES,
     ParseError,
     request_head,
@@ -27,8 +29,6 @@ from meshns.dataplane.http1.strict import ChunkFramer, HeadCollector
 
 _CL_LINE: Final = re.compile(rb"\r\ncontent-length[ \t]*:([^\r\n]*)", re.IGNORECASE)
 _MAX_CHUNK: Final = 1 << 64  # llhttp's chunk size is a uint64
-_VERSIONS: Final = (b"1.0", b"1.1")  # a status line's, as the httptools adapter takes them
-_CTL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # HTAB aside; CR and LF are checked apart
 
 
 def _precheck(buf: bytes) -> None:
@@ -39,7 +39,7 @@ def _precheck(buf: bytes) -> None:
     rest = region.replace(b"\r\n", b"")
     if b"\n" in rest or b"\r" in rest:
         raise ParseError(400, "bare CR or LF in head")
-    if _CTL.search(rest) is not None:  # h11 takes them in a response's field values, llhttp does not
+    if CTL.search(rest) is not None:  # h11 takes them in a response's field values, llhttp does not
         raise ParseError(400, "control character in head")
     if b"\r\n " in region or b"\r\n\t" in region:
         raise ParseError(400, "obsolete line folding")
@@ -219,7 +219,7 @@ class ResponseParserH11:
                 if ev is h11.NEED_DATA or ev is h11.PAUSED:
                     return None
                 if isinstance(ev, (h11.InformationalResponse, h11.Response)):
-                    if ev.http_version not in _VERSIONS:  # h11 takes any HTTP/x.y
+                    if ev.http_version not in HTTP_VERSIONS:  # h11 takes any HTTP/x.y
                         raise ParseError(502, "unsupported HTTP version")
                     minor = 0 if ev.http_version == b"1.0" else 1
                     sink.on_response_head(response_head(ev.status_code, ev.reason, minor,

@@ -19,7 +19,14 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from meshns.dataplane.http1.head import MAX_HEAD_BYTES, MAX_HEADERS, MAX_REQUEST_LINE, Headers, ParseError
+from meshns.dataplane.http1.head import (
+    HTTP_VERSIONS,
+    MAX_HEAD_BYTES,
+    MAX_HEADERS,
+    MAX_REQUEST_LINE,
+    Headers,
+    ParseError,
+)
 
 # The methods llhttp's HTTP request parser takes (PRI only as the HTTP/2 preface, which is not
 # HTTP/1); anything else is "Invalid method encountered", a 400.
@@ -48,7 +55,6 @@ _CHUNK_EXT: Final = re.compile(
     rb"(?:;(?:" + _TCHAR + rb"+|(?=[;=]))(?:=" + _TCHAR + rb"*(?:" + _QUOTED + rb")?)?)*")
 _MAX_CHUNK: Final = 1 << 64  # llhttp's chunk size is a uint64
 _H11_SIZE_DIGITS: Final = 20
-_VERSIONS: Final = (b"1.0", b"1.1")
 _LINE_OVERHEAD: Final = 10  # two SP and "HTTP/1.x"
 _HEADER_OVERHEAD: Final = 4  # ": " and CRLF, as the httptools adapter counts a header
 
@@ -115,7 +121,7 @@ def check_request_head(head: bytes) -> tuple[bytes, Headers]:
     method, target, major, minor = m.groups()
     if method not in LLHTTP_METHODS:
         raise ParseError(400, "invalid method")
-    if major + b"." + minor not in _VERSIONS:
+    if major + b"." + minor not in HTTP_VERSIONS:
         raise ParseError(400, "unsupported HTTP version")
     if len(method) + len(target) + _LINE_OVERHEAD > MAX_REQUEST_LINE:
         raise ParseError(414, "request line too long")
