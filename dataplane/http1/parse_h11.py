@@ -48,6 +48,15 @@ def _precheck(buf: bytes) -> None:
         raise ParseError(400, "duplicate Content-Length")
 
 
+def _status_line_start(buf: bytes) -> None:
+    # h11 waits for a whole head before it looks at the status line; llhttp refuses at the first
+    # byte that cannot begin "HTTP/". Refuse as early, so an app that answers in another protocol
+    # (an SSH banner) is a 502 now, not a request waiting for a blank line that never comes.
+    n = min(len(buf), 5)
+    if buf[:n] != b"HTTP/"[:n]:
+        raise ParseError(502, "not an HTTP response")
+
+
 def _check_chunk(conn: h11.Connection, ev: h11.Data) -> None:
     # h11 takes any chunk size; llhttp refuses one that overflows 64 bits. Agree with llhttp.
     left = getattr(getattr(conn, "_reader", None), "_bytes_in_chunk", 0)
@@ -188,6 +197,7 @@ class ResponseParserH11:
             self._leading = False
         if self._head_buf is not None:
             self._head_buf += data
+            _status_line_start(self._head_buf)
             _precheck(self._head_buf)
         self._conn.receive_data(data)
         return self._drain()
@@ -208,6 +218,7 @@ class ResponseParserH11:
         self._leading = not rest
         self._head_buf = rest
         if rest:  # h11 takes b"" for the close
+            _status_line_start(rest)
             _precheck(rest)
             self._conn.receive_data(rest)
 

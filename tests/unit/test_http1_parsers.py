@@ -264,6 +264,21 @@ def test_a_response_the_upstream_cannot_have_meant_is_refused(name: str, kit: in
     assert run_response(kit, data, 1 << 20, head_request, eof) == ("reject", None)
 
 
+@pytest.mark.parametrize(("start", "refused"), [
+    (b"SSH-2.0-OpenSSH_9.2\r\n", True),  # an app that speaks another protocol: no blank line follows
+    (b"http/1.1 200 OK\r\n", True),  # the protocol name is case-sensitive (RFC 9112 2.3)
+    (b"\r\nX", True),
+    (b"HTTP/1.1 200 OK\r\n", False),  # a head still arriving
+    (b"\r\nHTT", False),
+])
+@pytest.mark.parametrize("kit", [0, 1])
+def test_a_response_that_cannot_begin_with_http_is_refused_before_its_head_ends(start: bytes, refused: bool,
+                                                                                kit: int) -> None:
+    # No EOF and no blank line: llhttp refuses at the first byte that cannot begin "HTTP/", and
+    # the h11 adapter must too, or the request waits for a head that never comes.
+    assert run_response(kit, start, 1, False, eof=False)[0] == ("reject" if refused else "ok")
+
+
 @pytest.mark.parametrize("kit", [0, 1])
 @pytest.mark.parametrize("step", [1, 1 << 20])
 def test_tunnel_bytes_after_a_101_are_handed_on_untouched(kit: int, step: int) -> None:
