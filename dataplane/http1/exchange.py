@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 from meshns.dataplane.http1.head import ParseError, RequestHead, ResponseHead
 from meshns.dataplane.http1.parser import ResponseParser
 from meshns.dataplane.http1.upstream import UpstreamConn
+from meshns.dataplane.policy import flags
 from meshns.dataplane.policy.flags import FLAGS_HEADER
 from meshns.dataplane.policy.retry import REPLAY_LIMIT_BYTES, Outcome
 from meshns.dataplane.policy.state import ServiceState
@@ -186,7 +187,7 @@ class Exchange:
         except ParseError as exc:
             self.flush()
             if conn is self.up:
-                self.upstream_broken(f"bad response: {exc.reason}")
+                self.upstream_broken(f"bad response: {exc.reason}", protocol_error=True)
             else:
                 self.pool.close(conn, abort=True)
             return
@@ -224,17 +225,20 @@ class Exchange:
     def up_resume(self) -> None:
         self.down.resume(PAUSE_UPSTREAM_FULL)
 
-    def upstream_broken(self, why: str) -> None:
-        """The attached upstream failed before completing the response."""
+    def upstream_broken(self, why: str, protocol_error: bool = False) -> None:
+        """The attached upstream failed before completing the response: it closed or reset, or
+        (``protocol_error``) what it sent is not a response it could have meant, which Envoy
+        tells apart as 502 UPE."""
         self.detach(abort=True)
         fut = self.try_future
         if not self.committed:
             if fut is not None and not fut.done():
-                fut.set_result(Outcome.reset(reused_connection=self.up_reused))
+                fut.set_result(Outcome.protocol_error() if protocol_error
+                               else Outcome.reset(reused_connection=self.up_reused))
             return
         if not self.resp_complete:
             log.info("upstream failed mid-response (%s); resetting the client", why)
-            self.note_flag("UC")
+            self.note_flag(flags.UPE if protocol_error else flags.UC)
             self.down.abort()
 
     def note_flag(self, flag: str) -> None:

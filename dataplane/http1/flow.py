@@ -27,7 +27,8 @@ is recorded in the outlier detector.
 
 When the tries are exhausted the last upstream response was already committed (a 5xx with its
 attempts header), or, with no response at all, the client gets 503 URX after retries, else 503 UF
-(connect failure), 504 UT (per-try timeout) or 503 UC (reset). After the response head was sent
+(connect failure), 504 UT (per-try timeout), 503 UC (reset) or 502 UPE (a response that broke
+HTTP/1.1, a 101 nobody asked for included: Envoy's protocol error). After the response head was sent
 the route timeout still runs (Envoy's route timeout covers the whole response): firing then
 resets the client so a truncated body never looks complete.
 
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshns.dataplane.http1")
 
-_REASONS = {404: "Not Found", 503: "Service Unavailable", 504: "Gateway Timeout"}
+_REASONS = {404: "Not Found", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 GRPC_STATUS = b"grpc-status"
 
 
@@ -280,7 +281,7 @@ class RequestFlow(Attempts, Exchange):
         fut = self.try_future
         if status == 101:
             if not self.head.upgrade:
-                self.upstream_broken("101 without an upgrade request")
+                self.upstream_broken("101 without an upgrade request", protocol_error=True)
                 raise Discard
             self.commit(rh)
         else:

@@ -6,7 +6,8 @@ connection (dialled or reused by ``InboundConnection``), and the response stream
 the exchange callbacks. The app's keep-alive decision is passed on: when the app will close its
 connection, the client's response says ``Connection: close`` too, so the two stay in step. A
 failure before the response head is a local 503 (UF: the app could not be reached; UC: it closed
-or reset before answering); after it, the client is reset so a truncated body never looks whole.
+or reset before answering) or 502 UPE (its answer was not HTTP/1.1, as Envoy answers an upstream
+protocol error); after it, the client is reset so a truncated body never looks whole.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class InboundExchange(Exchange):
                 self.out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
         if status == 101 and not self.head.upgrade:
-            self.upstream_broken("101 without an upgrade request")
+            self.upstream_broken("101 without an upgrade request", protocol_error=True)
             raise Discard
         self.committed = True
         self.status = status
@@ -125,12 +126,15 @@ class InboundExchange(Exchange):
         self.hctx.obs.http_done(self)
         self.down.start_upgrade(conn, rest)
 
-    def upstream_broken(self, why: str) -> None:
+    def upstream_broken(self, why: str, protocol_error: bool = False) -> None:
         if not self.committed:
             self.detach(abort=True)
-            self.local_reply(503, flags.UC)
+            if protocol_error:
+                self.local_reply(502, flags.UPE)
+            else:
+                self.local_reply(503, flags.UC)
             return
-        super().upstream_broken(why)
+        super().upstream_broken(why, protocol_error)
 
     # endings
 
@@ -139,9 +143,12 @@ class InboundExchange(Exchange):
         if extra is None:
             return
         text = ",".join(self.flags)
-        body = b"" if self.head.method == b"HEAD" else (
-            f"upstream connect error: the application in this pod is not reachable ({text})\n".encode())
-        self.down.transport.write(local_response(status, "Service Unavailable", extra, body, close=True))
+        if status == 502:
+            reason, why = "Bad Gateway", "the application in this pod answered with something that is not HTTP/1.1"
+        else:
+            reason, why = "Service Unavailable", "upstream connect error: the application in this pod is not reachable"
+        body = b"" if self.head.method == b"HEAD" else f"{why} ({text})\n".encode()
+        self.down.transport.write(local_response(status, reason, extra, body, close=True))
         self.finish(False)
 
     def deny(self, why: str) -> None:

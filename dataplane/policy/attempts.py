@@ -191,6 +191,9 @@ class Attempts:
             self.local_failure(503, default_flag or flags.UH)
         elif last.kind == "timeout":
             self.local_failure(504, flags.UT)  # as Envoy: the last try timed out, whatever came before
+        elif last.kind == "protocol_error":
+            # Envoy answers an upstream protocol error with 502 (since 1.18), retried or not.
+            self.local_failure(502, flags.URX if self.tries > 1 else flags.UPE)
         elif self.tries > 1:
             self.local_failure(503, flags.URX)
         elif last.kind == "reset":

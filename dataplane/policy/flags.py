@@ -16,6 +16,7 @@ URX: Final = "URX"  # retries exhausted: retry limit reached or retry budget emp
 UT: Final = "UT"  # upstream request timeout (route timeout or per-try timeout)
 DC: Final = "DC"  # downstream connection closed before the response completed
 UC: Final = "UC"  # upstream connection closed / reset
+UPE: Final = "UPE"  # upstream protocol error: its response was not HTTP (502, as Envoy since 1.18)
 NR: Final = "NR"  # no route matched
 DI: Final = "DI"  # fault injection delayed the request
 FI: Final = "FI"  # fault injection aborted the request

@@ -9,10 +9,11 @@ most 3 tries in all.
 Condition semantics (``retryable``), from Envoy's RetryStateImpl:
 
 - ``5xx``: any 5xx status, and every failure without a response (connect failure, refused, reset,
-  per-try timeout): the proxy would answer those with a 5xx itself.
+  protocol error, per-try timeout): the proxy would answer those with a 5xx itself.
 - ``gateway-error``: 502/503/504, and like Envoy every failure without a response too.
-- ``reset``: no response at all: reset/closed, per-try timeout, and connect failures (Envoy's
-  RETRY_ON_RESET takes every reset reason, a failed connect included).
+- ``reset``: no response at all: reset/closed, a response that broke HTTP (Envoy's protocol_error
+  reset reason), per-try timeout, and connect failures (Envoy's RETRY_ON_RESET takes every reset
+  reason, a failed connect included).
 - ``connect-failure``: connect failure or refused only (a connect timeout is a connect failure).
 - ``refused-stream``: HTTP/2 REFUSED_STREAM. Over HTTP/1.1 the analogue is a reused keep-alive
   connection that the upstream closed before sending any byte: the server had closed it idle and
@@ -39,7 +40,7 @@ from meshns.snapshot import RetryBudget, RetryPolicy
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 REPLAY_LIMIT_BYTES: Final = 64 * 1024
 
-OutcomeKind = Literal["connect_failure", "refused", "reset", "timeout", "status"]
+OutcomeKind = Literal["connect_failure", "refused", "reset", "protocol_error", "timeout", "status"]
 
 _GRPC_CODES: Final = {
     "cancelled": 1,
@@ -49,7 +50,7 @@ _GRPC_CODES: Final = {
     "unavailable": 14,
 }
 _GATEWAY_ERRORS: Final = frozenset({502, 503, 504})
-_NO_RESPONSE: Final = frozenset({"connect_failure", "refused", "reset", "timeout"})
+_NO_RESPONSE: Final = frozenset({"connect_failure", "refused", "reset", "protocol_error", "timeout"})
 _CONNECT: Final = frozenset({"connect_failure", "refused"})
 
 
@@ -73,6 +74,12 @@ class Outcome:
     @classmethod
     def reset(cls, reused_connection: bool = False) -> Outcome:
         return cls("reset", reused_connection=reused_connection)
+
+    @classmethod
+    def protocol_error(cls) -> Outcome:
+        """The upstream answered with something that is not a valid response (Envoy's reset
+        reason protocol_error): 502 UPE, where a reset is 503 UC."""
+        return cls("protocol_error")
 
     @classmethod
     def timeout(cls) -> Outcome:

@@ -308,24 +308,29 @@ async def test_budget_stops_a_retry_storm() -> None:
                 c.close()
 
 
+def scripted(answer: Callable[[bytes], bytes]) -> Callable[[Backend], Callable[..., Awaitable[None]]]:
+    """A keep-alive backend that writes ``answer(request head)`` for each request, as one send."""
+    def answering(be: Backend) -> Callable[..., Awaitable[None]]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            be.connections += 1
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    be.requests += 1
+                    writer.write(answer(head))
+            writer.close()
+        return handle
+    return answering
+
+
 @pytest.mark.parametrize("parser", ["h11", "httptools"])
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 def test_an_upstream_connection_that_sends_more_than_its_response_is_not_pooled(parser: str, method: str) -> None:
     # The upstream writes its answer and the start of a response nobody asked for in one send.
     # The answer stands; the connection is closed, not pooled, so the next request takes a new one.
     extra = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"
-
-    def answering(be: Backend) -> Callable[..., Awaitable[None]]:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            be.connections += 1
-            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-                while True:
-                    await reader.readuntil(b"\r\n\r\n")
-                    be.requests += 1
-                    body = b"" if method == "HEAD" else b"hi"
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n" + body + extra)
-            writer.close()
-        return handle
+    body = b"" if method == "HEAD" else b"hi"
+    answering = scripted(lambda _: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n" + body + extra)
 
     @uvloop_test
     async def run() -> None:
@@ -333,9 +338,35 @@ def test_an_upstream_connection_that_sends_more_than_its_response_is_not_pooled(
             client = await Client.open(side)
             for _ in range(2):
                 reply = await client.request(method, "/")
-                assert (reply.status, reply.body) == (200, b"" if method == "HEAD" else b"hi")
+                assert (reply.status, reply.body) == (200, body)
             client.close()
             assert bes[0].requests == 2
             assert bes[0].connections == 2  # one per request: the first was not pooled
+
+    run()
+
+
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+def test_a_101_to_a_request_that_asked_for_no_upgrade_is_a_502_upe_and_no_tunnel(parser: str) -> None:
+    # RFC 9110 15.2.2: a server switches protocols only when the request asked (Upgrade). llhttp
+    # takes any 101 as an upgrade and h11 refuses it; either way the client gets Envoy's answer to
+    # an upstream protocol error (502 UPE), never the 101 or the raw bytes behind it, and that
+    # upstream connection is closed, not pooled. The default retryOn does not retry it.
+    switch = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\nraw bytes"
+    answering = scripted(lambda head: switch if head.startswith(b"GET /switch")
+                         else b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    @uvloop_test
+    async def run() -> None:
+        async with backends(1, answering) as (port, bes), sidecar(service(port, 1), parser=parser) as side:
+            client = await Client.open(side)
+            reply = await client.request("GET", "/switch")
+            assert (reply.status, reply.headers["x-meshns-response-flags"]) == (502, "UPE")
+            assert reply.headers["x-meshns-attempts"] == "1"
+            assert b"raw bytes" not in reply.body
+            reply = await client.request("GET", "/plain")
+            assert (reply.status, reply.body) == (200, b"ok")
+            client.close()
+            assert (bes[0].requests, bes[0].connections) == (2, 2)  # the one that sent a 101 was not reused
 
     run()

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import h11
+import pytest
 from httpkit import IPS, LO, VIP, VPORT, Client, backends, free_port, service, sidecar, uvloop_test
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -240,6 +241,40 @@ async def test_inbound_app_down_503_uf_and_tcp_fallback() -> None:
         assert samples(text, "istio_tcp_received_bytes_total")[0][1] == 8
         assert samples(text, "istio_tcp_connections_opened_total")[0][0]["reporter"] == "destination"
     srv.close()
+
+
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\nraw",  # nobody asked
+    b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    b"SSH-2.0-OpenSSH_9.2\r\n",  # not HTTP at all
+])
+def test_inbound_app_answering_with_something_not_http_is_a_502_upe(parser: str, answer: bytes) -> None:
+    # Envoy (since 1.18) answers an upstream protocol error with 502 and the UPE flag, where a
+    # closed or reset app is 503 UC; the client never sees the app's bytes.
+    async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # the sidecar closes this connection
+        writer.close()
+
+    @uvloop_test
+    async def run() -> None:
+        srv = await asyncio.start_server(app, IPS[0], 0)
+        async with inbound_sidecar(srv.sockets[0].getsockname()[1], http_parser=parser) as side:
+            client = await inbound_client(side)
+            reply = await client.request("GET", "/")
+            assert (reply.status, reply.headers["x-meshns-response-flags"]) == (502, "UPE")
+            assert b"raw" not in reply.body and b"SSH" not in reply.body
+            client.close()
+            _, text = await http_get(side.admin_addr, "/stats/prometheus")
+            [(lab, v)] = samples(text, "istio_requests_total")
+            assert (lab["response_code"], lab["response_flags"], v) == ("502", "UPE", 1)
+        srv.close()
+
+    run()
 
 
 @uvloop_test

@@ -32,6 +32,7 @@ def fail(d: OutlierDetector, ip: str, n: int, now: float, total: int = 10) -> li
         (Outcome.reset(), True),
         (Outcome.reset(reused_connection=True), True),
         (Outcome.timeout(), True),
+        (Outcome.protocol_error(), True),  # a response that is not HTTP: a gateway error (502)
     ],
 )
 def test_is_failure(outcome: Outcome, want: bool) -> None:

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meshns.dataplane.policy.attempts import Attempts
 from meshns.dataplane.policy.retry import (
     IDEMPOTENT_METHODS,
     REPLAY_LIMIT_BYTES,
@@ -22,6 +23,7 @@ CF = Outcome.connect_failure()
 REF = Outcome.refused()
 RST = Outcome.reset()
 RST_REUSED = Outcome.reset(reused_connection=True)
+UPE = Outcome.protocol_error()  # the upstream answered with something that is not HTTP
 TO = Outcome.timeout()
 S200, S404, S409 = Outcome.status(200), Outcome.status(404), Outcome.status(409)
 S500, S502, S503, S504 = (Outcome.status(c) for c in (500, 502, 503, 504))
@@ -33,7 +35,7 @@ G_UNAVAIL = Outcome.status(200, grpc_status=14)
 G_OK = Outcome.status(200, grpc_status=0)
 
 ALL = {
-    "CF": CF, "REF": REF, "RST": RST, "RST_REUSED": RST_REUSED, "TO": TO,
+    "CF": CF, "REF": REF, "RST": RST, "RST_REUSED": RST_REUSED, "UPE": UPE, "TO": TO,
     "200": S200, "404": S404, "409": S409, "500": S500, "502": S502, "503": S503, "504": S504,
     "g1": G_CANCEL, "g4": G_DEADLINE, "g8": G_EXHAUSTED, "g13": G_INTERNAL, "g14": G_UNAVAIL,
     "g0": G_OK,
@@ -41,9 +43,9 @@ ALL = {
 
 # condition -> the outcomes it retries; every other outcome in ALL must not be retried.
 TABLE: dict[str, set[str]] = {
-    "5xx": {"CF", "REF", "RST", "RST_REUSED", "TO", "500", "502", "503", "504"},
-    "gateway-error": {"CF", "REF", "RST", "RST_REUSED", "TO", "502", "503", "504"},
-    "reset": {"CF", "REF", "RST", "RST_REUSED", "TO"},
+    "5xx": {"CF", "REF", "RST", "RST_REUSED", "UPE", "TO", "500", "502", "503", "504"},
+    "gateway-error": {"CF", "REF", "RST", "RST_REUSED", "UPE", "TO", "502", "503", "504"},
+    "reset": {"CF", "REF", "RST", "RST_REUSED", "UPE", "TO"},
     "connect-failure": {"CF", "REF"},
     "refused-stream": {"RST_REUSED"},
     "retriable-status-codes": {"503", "409"},  # with retriable_status_codes=(503, 409)
@@ -175,3 +177,35 @@ def test_backoff_table(n: int, r: float, want: float) -> None:
 def test_backoff_bounds(n: int, r: float, base: float, cap: float) -> None:
     b = backoff_s(n, r, base_s=base, cap_s=cap)
     assert 0.0 <= b <= min(cap, base * 2.0 ** min(n - 1, 64))
+
+
+class _Failing(Attempts):
+    """Attempts with only what ``fail`` reads; the local answer is recorded, not sent."""
+
+    def __init__(self, tries: int) -> None:
+        self.tries = tries
+        self.answered: tuple[int, str] | None = None
+
+    def local_failure(self, status: int, flag: str) -> None:
+        self.answered = (status, flag)
+
+
+@pytest.mark.parametrize(
+    ("last", "tries", "want"),
+    [
+        (None, 0, (503, "UH")),
+        (TO, 1, (504, "UT")),
+        (TO, 3, (504, "UT")),  # the last try timed out, whatever came before (Envoy)
+        (RST, 1, (503, "UC")),
+        (RST, 3, (503, "URX")),
+        (UPE, 1, (502, "UPE")),  # Envoy since 1.18: an upstream protocol error is a 502, not 503 UC
+        (UPE, 3, (502, "URX")),
+        (CF, 1, (503, "UF")),
+        (REF, 1, (503, "UF")),
+        (CF, 2, (503, "URX")),
+    ],
+)
+def test_the_local_answer_when_tries_are_exhausted(last: Outcome | None, tries: int, want: tuple[int, str]) -> None:
+    a = _Failing(tries)
+    a.fail(last, "")
+    assert a.answered == want
