@@ -1,5 +1,5 @@
 """Faults on the data path, in real namespaces: a sidecar SIGKILLed under load, a backend killed
-in the middle of its response."""
+in the middle of its response, an app that answers HTTP with another protocol."""
 
 from __future__ import annotations
 
@@ -100,3 +100,30 @@ def test_backend_killed_mid_response_is_an_error_never_a_short_body(mesh: Mesh) 
                                        check=False).stdout == "ok", timeout_s=20, what="backend back")
     log = Path(mesh.status("client")["log"]).read_text(errors="replace")
     assert "mid-response" in log
+
+
+def test_an_app_answering_http_with_another_protocol_is_a_502_upe(mesh: Mesh) -> None:
+    # A port that is called over HTTP but served by something else: here socat running cat, which
+    # echoes the request back. The app's sidecar cannot read that as a response and answers as
+    # Envoy answers an upstream protocol error: 502 with flag UPE (not 503 UC, which says the app
+    # closed or reset), and the caller never sees the app's bytes.
+    mesh.run("create", "echo-1", "--service", "echo:9095", "--", "socat", "TCP-LISTEN:9095,reuseaddr,fork", "EXEC:cat")
+    mesh.run("create", "client", "--", "sleep", "600")
+
+    def call() -> tuple[str, str]:
+        done = mesh.exec("client", "curl", "-sS", "--max-time", "10", "-D", "-", "http://echo:9095/x", check=False)
+        assert done.returncode == 0, done.stderr
+        head, _, body = done.stdout.replace("\r\n", "\n").partition("\n\n")
+        return head, body
+
+    def listening() -> tuple[str, str] | None:
+        head, body = call()
+        return None if "response-flags: UF" in head else (head, body)  # 503 UF until socat listens
+
+    head, body = wait_for(listening, timeout_s=20, what="the app listening")
+    assert head.startswith("HTTP/1.1 502"), head
+    assert "x-meshns-response-flags: UPE" in head, head
+    assert "GET /x" not in body, body
+    lines = [json.loads(x[x.index("{"):]) for x in Path(mesh.status("echo-1")["log"]).read_text().splitlines()
+             if '"reporter"' in x]
+    assert [(x["status"], x["response_flags"]) for x in lines if x.get("path") == "/x"][-1:] == [(502, "UPE")], lines
