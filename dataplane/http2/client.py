@@ -45,7 +45,10 @@ class StreamUser(Protocol):
 
     def up_end(self) -> None: ...
 
-    def up_reset(self, code: int, refused: bool) -> None: ...
+    def up_reset(self, code: int, refused: bool, protocol_error: bool = False) -> None:
+        """The stream ended without its response: reset by the upstream (``refused``: never
+        processed), or the connection was lost; ``protocol_error``: lost because the upstream
+        broke HTTP/2 (Envoy's 502 UPE, not 503 UC)."""
 
 
 class Upstream(H2Conn):
@@ -56,6 +59,7 @@ class Upstream(H2Conn):
         self.users: dict[int, StreamUser] = {}
         self.goaway_seen = False
         self.lost = False
+        self.broke = False  # the upstream broke HTTP/2: its streams end as protocol errors
         self.idle_handle: asyncio.TimerHandle | None = None
 
     def capacity(self) -> int:
@@ -133,6 +137,7 @@ class Upstream(H2Conn):
         # Informational (1xx) responses, pushes (refused in our SETTINGS), PINGs: h2 handles them.
 
     def protocol_failed(self, why: str) -> None:
+        self.broke = True
         log.info("HTTP/2 upstream %s:%d closed: %s", self.key[0], self.key[1], why)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -143,7 +148,7 @@ class Upstream(H2Conn):
             self.idle_handle = None
         users, self.users = self.users, {}
         for user in users.values():
-            user.up_reset(CANCEL, False)
+            user.up_reset(CANCEL, False, self.broke)
         self.drop_all_outboxes()
         self.pool.conn_lost(self)
 

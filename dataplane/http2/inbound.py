@@ -115,14 +115,15 @@ class InboundStream(Bridge):
         if not self.finished:
             self.forward_end()
 
-    def up_reset(self, code: int, refused: bool) -> None:
+    def up_reset(self, code: int, refused: bool, protocol_error: bool = False) -> None:
         self.up = None
         if self.finished:
             return
+        flag = flags.UPE if protocol_error else flags.UC
         if not self.committed:
-            self.local_reply(503, flags.UC)
+            self.local_reply(502 if protocol_error else 503, flag)
             return
-        self.upstream_reset_after_commit(code)
+        self.upstream_reset_after_commit(code, flag)
 
     def cancel_task(self) -> None:
         if self.task is not None and not self.task.done():

@@ -266,15 +266,15 @@ class OutboundStream(Attempts, Bridge):
             self.end_try()
             self.forward_end()
 
-    def up_reset(self, code: int, refused: bool) -> None:
+    def up_reset(self, code: int, refused: bool, protocol_error: bool = False) -> None:
         self.up = None
         if self.finished:
             return
         if not self.committed:
             self.held = None
-            self.settle(REFUSED if refused else Outcome.reset())
+            self.settle(REFUSED if refused else Outcome.protocol_error() if protocol_error else Outcome.reset())
             return
-        self.upstream_reset_after_commit(code)
+        self.upstream_reset_after_commit(code, flags.UPE if protocol_error else flags.UC)
 
     # -- endings ------------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ log = logging.getLogger("meshns.dataplane.http2")
 # What a locally made answer says, by its response flag (Envoy's wording where Envoy has one).
 _REASONS = {"UH": "no healthy upstream", "UF": "upstream connect failure", "UO": "upstream overflow",
             "URX": "retries exhausted", "UT": "upstream request timeout", "UC": "upstream connection reset",
+            "UPE": "upstream protocol error",
             "NR": "no route", "FI": "fault injected", "RBAC": "access denied"}
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
 
@@ -214,10 +215,10 @@ class Bridge:
         self.resp_ended = True
         self.finish()
 
-    def upstream_reset_after_commit(self, code: int) -> None:
+    def upstream_reset_after_commit(self, code: int, flag: str = flags.UC) -> None:
         """The upstream reset a response already under way: reset the client's stream too (a
-        cancel stays a cancel), flagged UC."""
-        self.flags.append(flags.UC)
+        cancel stays a cancel), flagged UC (UPE when the upstream broke HTTP/2)."""
+        self.flags.append(flag)
         self.reset_client(CANCEL if code == CANCEL else INTERNAL_ERROR)
 
     def reset_client(self, code: int = INTERNAL_ERROR) -> None:
@@ -265,6 +266,6 @@ class Bridge:
     def up_end(self) -> None:
         raise NotImplementedError
 
-    def up_reset(self, code: int, refused: bool) -> None:
+    def up_reset(self, code: int, refused: bool, protocol_error: bool = False) -> None:
         raise NotImplementedError
 

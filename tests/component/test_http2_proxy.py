@@ -105,6 +105,35 @@ async def test_sidecar_errors_to_grpc_calls_are_grpc_statuses() -> None:
         client.close()
 
 
+async def broken_on_x(be: H2Backend, conn: object, req: Request) -> None:
+    if req.headers[b":path"] == b"/x":
+        h2conn = conn.h2  # type: ignore[attr-defined]
+        h2conn.config.validate_outbound_headers = False  # a connection-specific field: illegal in HTTP/2
+        h2conn.config.normalize_outbound_headers = False  # (normalizing would drop it)
+        h2conn.send_headers(req.stream_id, [(b":status", b"200"), (b"connection", b"close")], end_stream=True)
+        conn.flush()  # type: ignore[attr-defined]
+    else:
+        await answer_name(be, conn, req)  # type: ignore[arg-type]
+
+
+@uvloop_test
+async def test_an_upstream_that_breaks_http2_is_a_502_upe_and_grpc_unavailable() -> None:
+    # Envoy answers an upstream protocol error with 502 and flag UPE (503 UC is a reset or a
+    # close); a gRPC call gets UNAVAILABLE naming it. The broken connection is not used again.
+    async with h2_backends(broken_on_x, n=1) as (port, bes), sidecar(service(port, n=1)) as side:
+        client = await client_for(side)
+        plain = await client.get("/x")
+        assert plain.headers[b":status"] == b"502", plain.headers
+        assert plain.headers[b"x-meshns-response-flags"] == b"UPE" and b"upstream protocol error" in plain.body
+        call = await client.get("/x", GRPC, body=b"\x00\x00\x00\x00\x00")
+        assert (call.headers[b":status"], call.headers[b"grpc-status"]) == (b"200", b"14")
+        assert call.headers[b"grpc-message"].startswith(b"meshns: upstream protocol error")
+        fine = await client.get("/")
+        assert fine.headers[b":status"] == b"200"
+        client.close()
+        assert bes[0].connections == 3  # each broken one was closed
+
+
 async def hang_on_x(be: H2Backend, conn: object, req: Request) -> None:
     if req.headers[b":path"] == b"/x":
         await asyncio.sleep(30)
