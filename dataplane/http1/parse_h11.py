@@ -31,7 +31,17 @@ _CL_LINE: Final = re.compile(rb"\r\ncontent-length[ \t]*:([^\r\n]*)", re.IGNOREC
 _MAX_CHUNK: Final = 1 << 64  # llhttp's chunk size is a uint64
 
 
+def _status_line_start(buf: bytes) -> None:
+    # h11 waits for a whole head before it looks at the status line; llhttp refuses at the first
+    # byte that cannot begin "HTTP/". Refuse as early, so an app that answers in another protocol
+    # (an SSH banner) is a 502 now, not a request waiting for a blank line that never comes.
+    n = min(len(buf), 5)
+    if buf[:n] != b"HTTP/"[:n]:
+        raise ParseError(502, "not an HTTP response")
+
+
 def _precheck(buf: bytes) -> None:
+    _status_line_start(buf)
     end = buf.find(b"\r\n\r\n")
     region = buf if end < 0 else buf[:end + 4]
     if end < 0 and region.endswith(b"\r"):
@@ -46,15 +56,6 @@ def _precheck(buf: bytes) -> None:
     lengths = _CL_LINE.findall(region)
     if len(lengths) > 1 or any(b"," in v for v in lengths):
         raise ParseError(400, "duplicate Content-Length")
-
-
-def _status_line_start(buf: bytes) -> None:
-    # h11 waits for a whole head before it looks at the status line; llhttp refuses at the first
-    # byte that cannot begin "HTTP/". Refuse as early, so an app that answers in another protocol
-    # (an SSH banner) is a 502 now, not a request waiting for a blank line that never comes.
-    n = min(len(buf), 5)
-    if buf[:n] != b"HTTP/"[:n]:
-        raise ParseError(502, "not an HTTP response")
 
 
 def _check_chunk(conn: h11.Connection, ev: h11.Data) -> None:
@@ -197,7 +198,6 @@ class ResponseParserH11:
             self._leading = False
         if self._head_buf is not None:
             self._head_buf += data
-            _status_line_start(self._head_buf)
             _precheck(self._head_buf)
         self._conn.receive_data(data)
         return self._drain()
@@ -218,7 +218,6 @@ class ResponseParserH11:
         self._leading = not rest
         self._head_buf = rest
         if rest:  # h11 takes b"" for the close
-            _status_line_start(rest)
             _precheck(rest)
             self._conn.receive_data(rest)
 

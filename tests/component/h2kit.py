@@ -97,6 +97,14 @@ async def answer_name(be: H2Backend, conn: BackendConn, req: Request) -> None:
     await conn.send_body(req.stream_id, body)
 
 
+def send_illegal_response(conn: BackendConn, sid: int) -> None:
+    """Answer with a connection-specific field, illegal in HTTP/2: h2 on the other side refuses it."""
+    conn.h2.config.validate_outbound_headers = False
+    conn.h2.config.normalize_outbound_headers = False  # (normalizing would drop the field)
+    conn.h2.send_headers(sid, [(b":status", b"200"), (b"connection", b"close")], end_stream=True)
+    conn.flush()
+
+
 @contextlib.asynccontextmanager
 async def h2_backends(handler: Handler = answer_name, n: int = 3) -> AsyncIterator[tuple[int, list[H2Backend]]]:
     loop = asyncio.get_running_loop()

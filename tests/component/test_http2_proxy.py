@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 
-from h2kit import H2Backend, H2Client, Request, answer_name, h2_backends
+from h2kit import H2Backend, H2Client, Request, answer_name, h2_backends, send_illegal_response
 from httpkit import LO, service, sidecar, uvloop_test
 
 from meshns.dataplane.http2.conn import STREAM_WINDOW
@@ -107,11 +107,7 @@ async def test_sidecar_errors_to_grpc_calls_are_grpc_statuses() -> None:
 
 async def broken_on_x(be: H2Backend, conn: object, req: Request) -> None:
     if req.headers[b":path"] == b"/x":
-        h2conn = conn.h2  # type: ignore[attr-defined]
-        h2conn.config.validate_outbound_headers = False  # a connection-specific field: illegal in HTTP/2
-        h2conn.config.normalize_outbound_headers = False  # (normalizing would drop it)
-        h2conn.send_headers(req.stream_id, [(b":status", b"200"), (b"connection", b"close")], end_stream=True)
-        conn.flush()  # type: ignore[attr-defined]
+        send_illegal_response(conn, req.stream_id)  # type: ignore[arg-type]
     else:
         await answer_name(be, conn, req)  # type: ignore[arg-type]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import h11
 import pytest
-from h2kit import BackendConn, H2Backend, H2Client, Request, h2_backends
+from h2kit import BackendConn, H2Backend, H2Client, Request, h2_backends, send_illegal_response
 from httpkit import IPS, LO, VIP, VPORT, Client, backends, free_port, service, sidecar, uvloop_test
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -283,10 +283,7 @@ async def test_inbound_h2_app_that_breaks_http2_is_a_502_upe() -> None:
     # The HTTP/2 counterpart: the app's response carries a connection-specific field, which h2
     # refuses (GOAWAY); the caller gets Envoy's answer to an upstream protocol error.
     async def broken(be: H2Backend, conn: BackendConn, req: Request) -> None:
-        conn.h2.config.validate_outbound_headers = False
-        conn.h2.config.normalize_outbound_headers = False
-        conn.h2.send_headers(req.stream_id, [(b":status", b"200"), (b"connection", b"close")], end_stream=True)
-        conn.flush()
+        send_illegal_response(conn, req.stream_id)
 
     async with h2_backends(broken, n=1) as (port, _), inbound_sidecar(port) as side:
         assert side.inbound_addr is not None
