@@ -4,9 +4,10 @@ h11 accepts what llhttp refuses (bare LF line ends, obs-fold, repeated identical
 headers, any method, control characters in values, free-form chunk lines) and refuses what llhttp
 takes (several spaces in the request line). A proxy must not accept what its other parser
 refuses, so a request head is held back until complete and checked by ``strict`` as llhttp
-would check it, and a chunked body goes through ``strict.ChunkFramer``; h11 then parses a head
-and a framing both parsers take. Response heads get the byte prechecks below. h11 keeps one
-message per ``Connection``; a fresh one is made per message, since we only use it to parse.
+would check it, and a chunked body, a request's or a response's, goes through
+``strict.ChunkFramer``; h11 then parses a head and a framing both parsers take. Response heads get
+the byte prechecks below. h11 keeps one message per ``Connection``; a fresh one is made per
+message, since we only use it to parse.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from meshns.dataplane.http1.parser import RequestSink, ResponseSink
 from meshns.dataplane.http1.strict import ChunkFramer, HeadCollector
 
 _CL_LINE: Final = re.compile(rb"\r\ncontent-length[ \t]*:([^\r\n]*)", re.IGNORECASE)
-_MAX_CHUNK: Final = 1 << 64  # llhttp's chunk size is a uint64
 
 
 def _status_line_start(buf: bytes) -> None:
@@ -56,13 +56,6 @@ def _precheck(buf: bytes) -> None:
     lengths = _CL_LINE.findall(region)
     if len(lengths) > 1 or any(b"," in v for v in lengths):
         raise ParseError(400, "duplicate Content-Length")
-
-
-def _check_chunk(conn: h11.Connection, ev: h11.Data) -> None:
-    # h11 takes any chunk size; llhttp refuses one that overflows 64 bits. Agree with llhttp.
-    left = getattr(getattr(conn, "_reader", None), "_bytes_in_chunk", 0)
-    if isinstance(left, int) and left + len(ev.data) >= _MAX_CHUNK:
-        raise ParseError(400, "chunk size overflow")
 
 
 def _status(exc: h11.RemoteProtocolError, default: int) -> ParseError:
@@ -166,12 +159,19 @@ class RequestParserH11:
 
 
 class ResponseParserH11:
+    """h11 gets a response's head alone, once its empty line came (the bytes of a head still
+    coming are handed on as they arrive, so h11 bounds its size); what follows the head goes to
+    h11 as is, or through a ``ChunkFramer`` when the body is chunked, so h11 never frames a chunk
+    line llhttp would refuse."""
+
     def __init__(self, sink: ResponseSink, head_request: bool, upgrade: bool) -> None:
         self._sink = sink
         self._request = (head_request, upgrade)
         self._conn = self._connection()
-        self._head_buf: bytes | None = b""
+        self._head_buf: bytes | None = b""  # the head coming in; None once it is through
+        self._fed = 0  # how much of _head_buf h11 has
         self._leading = True  # no byte of a status line yet: CR and LF are skipped, as llhttp does
+        self._framer: ChunkFramer | None = None
         self._done = False
 
     def _connection(self) -> h11.Connection:
@@ -189,18 +189,23 @@ class ResponseParserH11:
         return False  # h11's client state is per request; the reference parser stays simple
 
     def feed(self, data: bytes) -> bytes | None:
-        if self._done:
-            return None
-        if self._leading:
-            data = data.lstrip(b"\r\n")
-            if not data:
+        pending = data
+        while not self._done:
+            if self._head_buf is None:
+                return self._feed_body(pending)
+            after = self._take_head(pending)
+            if after is None:
                 return None
-            self._leading = False
-        if self._head_buf is not None:
-            self._head_buf += data
-            _precheck(self._head_buf)
-        self._conn.receive_data(data)
-        return self._drain()
+            switched = self._drain()  # the head's event (and a body that needs no byte)
+            if switched is not None:
+                return switched + after
+            if self._done and after:
+                # As llhttp's adapter: the response stands, the connection is not pooled.
+                raise ParseError(502, "bytes after the response")
+            if not after:
+                return None
+            pending = after
+        return None
 
     def feed_eof(self) -> None:
         if self._done:
@@ -210,16 +215,49 @@ class ResponseParserH11:
         if not self._done:
             raise ParseError(502, "upstream closed mid-response")
 
+    def _take_head(self, data: bytes) -> bytes | None:
+        """Collect a head: None while it is still coming, else the bytes after it (h11 then has
+        the head and nothing more)."""
+        if self._leading:
+            data = data.lstrip(b"\r\n")
+            if not data:
+                return None
+            self._leading = False
+        assert self._head_buf is not None
+        buf = self._head_buf + data
+        _precheck(buf)
+        end = buf.find(b"\r\n\r\n")
+        cut = len(buf) if end < 0 else end + 4
+        self._conn.receive_data(buf[self._fed:cut])
+        self._head_buf, self._fed = buf, cut
+        if end < 0:
+            self._drain()  # h11 refuses a head past its size bound here
+            return None
+        return buf[cut:]
+
+    def _feed_body(self, data: bytes) -> bytes | None:
+        if not data:
+            return None
+        framer = self._framer
+        if framer is None:
+            self._conn.receive_data(data)
+            return self._drain()
+        out, after = framer.feed(data)
+        if out:
+            self._conn.receive_data(out)
+        self._drain()
+        if after is not None:
+            if not self._done:
+                raise ParseError(502, "chunked framing out of step")  # cannot happen
+            if after:
+                raise ParseError(502, "bytes after the response")
+        return None
+
     def _next_head(self) -> None:
-        """After a 1xx: the final head may have come in the same read. A new h11 client (the same
-        request) takes it, its leading CR and LF skipped, and checked."""
-        rest = bytes(self._conn.trailing_data[0]).lstrip(b"\r\n")
+        """After a 1xx the final head follows: a new h11 client (the same request) takes it."""
         self._conn = self._connection()
-        self._leading = not rest
-        self._head_buf = rest
-        if rest:  # h11 takes b"" for the close
-            _precheck(rest)
-            self._conn.receive_data(rest)
+        self._leading = True
+        self._head_buf, self._fed = b"", 0
 
     def _drain(self) -> bytes | None:
         sink = self._sink
@@ -232,17 +270,18 @@ class ResponseParserH11:
                     if ev.http_version not in HTTP_VERSIONS:  # h11 takes any HTTP/x.y
                         raise ParseError(502, "unsupported HTTP version")
                     minor = 0 if ev.http_version == b"1.0" else 1
-                    sink.on_response_head(response_head(ev.status_code, ev.reason, minor,
-                                                        list(ev.headers.raw_items())))
+                    head = response_head(ev.status_code, ev.reason, minor, list(ev.headers.raw_items()))
+                    sink.on_response_head(head)
                     if ev.status_code == 101:
                         self._done = True
                         return bytes(self._conn.trailing_data[0])
                     if isinstance(ev, h11.InformationalResponse):
                         self._next_head()
-                    else:
-                        self._head_buf = None
+                        return None
+                    self._head_buf = None
+                    if head.chunked and not self._request[0] and ev.status_code not in (204, 304):
+                        self._framer = ChunkFramer(response=True)
                 elif isinstance(ev, h11.Data):
-                    _check_chunk(self._conn, ev)
                     sink.on_response_body(bytes(ev.data))
                 elif isinstance(ev, h11.EndOfMessage):
                     self._done = True

@@ -5,9 +5,10 @@ h11 is lenient where llhttp is strict (any method token, CTL and DEL in header v
 obs-fold, merged duplicate Content-Length, free-form chunk extensions, chunk sizes with trailing
 spaces) and strict where llhttp is lenient (several spaces between the parts of the request line).
 So the h11 adapter holds a request head back until it is complete, checks it here in wire order
-as llhttp would, and hands h11 the head with its request line single-spaced; a chunked body goes
-through ``ChunkFramer``, which checks each chunk line as llhttp does and hands h11 canonical
-chunk framing. Everything here is pure and table-tested against llhttp (tests/unit).
+as llhttp would, and hands h11 the head with its request line single-spaced; a chunked body, a
+request's or a response's, goes through ``ChunkFramer``, which checks each chunk line as llhttp
+does and hands h11 canonical chunk framing. Everything here is pure and table-tested against
+llhttp (tests/unit).
 
 Known difference, failing closed: llhttp takes a chunk size with any number of leading zeros; h11
 takes at most 20 hex digits, so the framer refuses longer size fields too (400), which llhttp
@@ -189,13 +190,18 @@ def chunk_size(line: bytes) -> int:
     return size
 
 
-def check_trailer_line(line: bytes) -> None:
+def check_trailer_line(line: bytes, response: bool = False) -> None:
     """A trailer field: a header line, and not a framing field (llhttp applies its
-    Transfer-Encoding and Content-Length rules to trailers too; RFC 9110 6.5.1 forbids them)."""
+    Transfer-Encoding and Content-Length rules to trailers too; RFC 9110 6.5.1 forbids them).
+    llhttp's response parser is the laxer one: it refuses a Content-Length there but takes a
+    Transfer-Encoding that is not empty. Both adapters drop trailers, so what they take is never
+    forwarded; what matters is that they refuse the same responses."""
     m = _FIELD.fullmatch(line[:-2]) if line.endswith(b"\r\n") and b"\r" not in line[:-2] else None
     if m is None:
         raise ParseError(400, "malformed trailer line")
-    if m.group(1).lower() in (b"transfer-encoding", b"content-length"):
+    name = m.group(1).lower()
+    if name == b"content-length" or (name == b"transfer-encoding"
+                                     and (not response or not m.group(2).strip(b" \t"))):
         raise ParseError(400, "framing field in the trailers")
 
 
@@ -203,13 +209,16 @@ _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
 
 
 class ChunkFramer:
-    """One chunked request body: checks the raw framing and returns it canonical (sizes in plain
-    hex, no extensions), so h11 sees only framing llhttp would also have taken."""
+    """One chunked body: checks the raw framing and returns it canonical (sizes in plain hex, no
+    extensions), so h11 sees only framing llhttp would also have taken. A response's trailers
+    are checked by llhttp's response rule and not handed on: h11 refuses any Transfer-Encoding
+    value but "chunked" there, which llhttp's response parser takes (check_trailer_line)."""
 
-    def __init__(self) -> None:
+    def __init__(self, response: bool = False) -> None:
         self._state = _SIZE
         self._line = b""
         self._left = 0
+        self._response = response
 
     def feed(self, data: bytes) -> tuple[bytes, bytes | None]:
         """(bytes for h11, the bytes after the body, or None while the body goes on)."""
@@ -258,6 +267,7 @@ class ChunkFramer:
                     out.append(line)
                     return b"".join(out), data[i:]
                 else:
-                    check_trailer_line(line)
-                    out.append(line)
+                    check_trailer_line(line, self._response)
+                    if not self._response:
+                        out.append(line)
         return b"".join(out), None

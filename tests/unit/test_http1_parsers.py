@@ -224,6 +224,19 @@ RESPONSES = {
     "http20": (b"HTTP/2.0 200 OK\r\nContent-Length: 1\r\n\r\nx", False, False),
     "http20-after-100": (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n", False, False),
     "bad-chunk": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nxx\r\n", False, False),
+    # The h11 adapter's response chunks went by h11's rules, which take chunk lines and trailers
+    # llhttp refuses; they now go through strict.ChunkFramer, as a request's do.
+    "chunk-ext-empty": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;\r\nhi\r\n0\r\n\r\n", False, False),
+    "chunk-size-space": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2 \r\nhi\r\n0\r\n\r\n", False, False),
+    "chunk-ext-space": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2; a=b\r\nhi\r\n0\r\n\r\n", False, False),
+    "chunk-ext": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;a=b\r\nhi\r\n0;c\r\n\r\n", False, False),
+    "trailer-cl": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nContent-Length: 2\r\n\r\n",
+                   False, False),
+    "trailer-te-coding": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n"
+                          b"Transfer-Encoding: gzip\r\n\r\n", False, False),
+    "trailer-ctl": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-A: \x01\r\n\r\n", False, False),
+    "chunked-head": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", True, False),
+    "chunked-304": (b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n", False, False),
     "bare-lf": (b"HTTP/1.1 200 OK\nContent-Length: 0\n\n", False, False),
     "obs-fold": (b"HTTP/1.1 200 OK\r\nX-A: 1\r\n 2\r\nContent-Length: 0\r\n\r\n", False, False),
     # Bytes after a response in the read that ended it: the response stands, then both refuse
@@ -262,6 +275,20 @@ def test_response_parsers_agree(name: str, step: int) -> None:
 def test_a_response_the_upstream_cannot_have_meant_is_refused(name: str, kit: int) -> None:
     data, head_request, eof = RESPONSES[name]
     assert run_response(kit, data, 1 << 20, head_request, eof) == ("reject", None)
+
+
+@pytest.mark.parametrize(("name", "refused"), [
+    ("chunk-ext-empty", True), ("chunk-size-space", True), ("chunk-ext-space", True), ("chunk-ext", False),
+    ("trailer-cl", True), ("trailer-te-coding", False), ("trailer-ctl", True), ("chunked-head", False),
+    ("chunked-304", False),
+])
+@pytest.mark.parametrize("kit", [0, 1])
+@pytest.mark.parametrize("step", [1, 1 << 20])
+def test_response_chunk_lines_and_trailers_are_judged_by_llhttps_rules(name: str, refused: bool, kit: int,
+                                                                       step: int) -> None:
+    data, head_request, eof = RESPONSES[name]
+    got = run_response(kit, data, step, head_request, eof)
+    assert got[0] == ("reject" if refused else "ok"), got
 
 
 @pytest.mark.parametrize(("start", "refused"), [

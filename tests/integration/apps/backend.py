@@ -7,6 +7,7 @@ test can see through the mesh what reached each endpoint. Standard library only.
   GET  /status/<code>     -> that status
   GET  /sleep/<seconds>   -> answers after a delay
   GET  /bytes/<n>         -> n bytes, streamed (Content-Length)
+  GET  /chunked/<n>       -> n bytes, chunked: 64 KiB chunks with an extension, then a trailer
   POST /upload            -> "<length> <sha256>" of the body (Content-Length or chunked)
   GET  /headers           -> the request headers as received, one per line
   POST /mode/ok|fail|hang|slow-<s>|die   (fail: 503 to everything else; die: exit at once)
@@ -129,6 +130,18 @@ class Handler(BaseHTTPRequestHandler):
                 k = min(n, len(block))
                 self.wfile.write(block[:k])
                 n -= k
+        elif parts[0] == "chunked":
+            n = int(parts[1])
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("X-Backend", self.name)
+            self.end_headers()
+            block = b"c" * (1 << 16)
+            while n:
+                k = min(n, len(block))
+                self.wfile.write(b"%x;part=1\r\n%s\r\n" % (k, block[:k]))
+                n -= k
+            self.wfile.write(b"0\r\nX-Sum: done\r\n\r\n")
         else:
             self.reply(404, b"not found\n")
 
