@@ -135,18 +135,34 @@ def _connection_tokens(values: list[bytes]) -> frozenset[bytes]:
     return frozenset(tokens)
 
 
+# What llhttp refuses in an authority (CONNECT's target, an absolute-form's host part), found by
+# trying every visible byte against it: RFC 3986's reg-name, IP-literal and userinfo take none.
+_NOT_IN_AUTHORITY: Final = re.compile(rb'["#<>\\^`{|}]')
+
+
+def _valid_authority(authority: bytes) -> bool:
+    # Up to the path or the query, as llhttp reads it; one "@" at most (userinfo@host).
+    end = len(authority)
+    for stop in (b"/", b"?"):
+        i = authority.find(stop)
+        if 0 <= i < end:
+            end = i
+    host = authority[:end]
+    return _NOT_IN_AUTHORITY.search(host) is None and host.count(b"@") <= 1
+
+
 def _valid_target(method: bytes, target: bytes) -> bool:
     """RFC 9112 3.2: origin-form (/path), absolute-form (scheme://...), authority-form (CONNECT
-    only) or asterisk-form (OPTIONS only). llhttp enforces this; h11 does not, so both adapters
-    check it here and agree."""
+    only) or asterisk-form (OPTIONS only), with llhttp's authority characters. llhttp enforces
+    this; h11 does not, so both adapters check it here and agree."""
     if target.startswith(b"/"):
         return True
     if target == b"*":
         return method == b"OPTIONS"
     if method == b"CONNECT":
-        return b"/" not in target and b":" in target
-    scheme, sep, _ = target.partition(b"://")
-    return bool(sep) and scheme.isalpha()
+        return b"/" not in target and b":" in target and _valid_authority(target)
+    scheme, sep, rest = target.partition(b"://")
+    return bool(sep) and scheme.isalpha() and _valid_authority(rest)
 
 
 def request_head(method: bytes, target: bytes, minor: int, headers: Headers) -> RequestHead:

@@ -139,6 +139,10 @@ REQUESTS = {
     "http12": b"GET / HTTP/1.2\r\n" + H + b"\r\n",
     "h2-preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
     "space-in-target": b"GET /a b HTTP/1.1\r\n" + H + b"\r\n",
+    # found by the fuzz harness's no-stall check: h11 takes any visible byte in an authority
+    "absolute-brace-host": b"GET http://a{b/ HTTP/1.1\r\n" + H + b"\r\n",
+    "absolute-two-at": b"GET http://u@v@a/ HTTP/1.1\r\n" + H + b"\r\n",
+    "absolute-query-backtick": b"GET http://a?`b HTTP/1.1\r\n" + H + b"\r\n",
     "lower-version": b"GET / http/1.1\r\n" + H + b"\r\n",
     # long bodies (counted by llhttp's adapter), and what may follow them on the connection
     "long-cl": POST_LONG,
@@ -169,7 +173,7 @@ REJECTED = {"te-trailer", "cl-trailer", "cl-te", "te-cl", "two-cl-same", "two-cl
             "neg-chunk", "huge-chunk", "chunk-no-crlf", "te-gzip", "te-identity", "obs-fold", "bare-lf",
             "bare-lf-header", "bare-cr", "space-before-colon", "bad-name", "nul-value", "no-host",
             "two-hosts", "http12", "chunk-ext-quoted-token", "h2-preface", "space-in-target", "lower-version",
-            "long-cl-then-bad"}
+            "long-cl-then-bad", "absolute-brace-host", "absolute-two-at"}
 
 
 @pytest.mark.parametrize("name", sorted(REQUESTS))
