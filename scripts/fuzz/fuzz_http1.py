@@ -14,6 +14,12 @@ A crash is any exception other than ParseError, plus the invariants each target 
               as requests are: the same invariants
     detect    the detector on prefixes of the input: a verdict never changes with more bytes
 
+and, for both parser targets, no stall: when one parser refuses bytes that have not ended (no
+EOF) and the other is still waiting for more of the message refused, the other refuses them once
+a blank line follows.
+A refusal may come at a different byte, but never only when a timeout ends the wait (the SSH
+banner an app sent instead of a response, found by hand, had that shape).
+
 The entry functions (``TARGETS``) need no atheris: tests/unit/test_http1_fuzz_harness.py runs
 them on the seed corpus, so the harness cannot rot between nightly runs.
 """
@@ -33,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # 20 hex digits (leading zeros) is taken by llhttp and refused by the h11 adapter, in requests and
 # responses alike. Fails closed.
 _LONG_CHUNK_SIZE = re.compile(rb"(?:^|\n)[0-9A-Fa-f]{21,}")
+# What ends any line or head still coming: a parser waiting for it has seen all it will see.
+_BLANK = b"\r\n\r\n"
 
 
 def _other_coding(events: list[Any]) -> bool:
@@ -127,6 +135,10 @@ def request_one(data: bytes) -> None:
         assert a[1] == b[1], (a, b)
     else:
         _agree_on_refusal(a, b)
+        for kit, (x, y) in zip(_KITS, ((a, b), (b, a)), strict=True):
+            # x waits in the message y refused: both completed as many before it
+            if x[0] == "ok" and y[0] == "reject" and x[1].count("end") == y[1].count("end"):
+                assert _run_request(kit, body + _BLANK, step)[0] == "reject", ("stalls", a, b)
 
 
 def _agree_on_refusal(a: tuple[Any, ...], b: tuple[Any, ...]) -> None:
@@ -178,6 +190,11 @@ def response_one(data: bytes) -> None:
         assert a[1] == b[1], (a, b)
     else:
         _agree_on_refusal(a, b)
+        if not flags & 4:
+            for kit, (x, y) in zip(_KITS, ((a, b), (b, a)), strict=True):
+                # x waits for the rest of the response y refused
+                if x[0] == "ok" and y[0] == "reject" and "end" not in x[1]:
+                    assert _run_response(kit, body + _BLANK, step, flags)[0] == "reject", ("stalls", a, b)
 
 
 def detect_one(data: bytes) -> None:
