@@ -140,15 +140,9 @@ def _connection_tokens(values: list[bytes]) -> frozenset[bytes]:
 _NOT_IN_AUTHORITY: Final = re.compile(rb'["#<>\\^`{|}]')
 
 
-def _valid_authority(authority: bytes) -> bool:
-    # Up to the path or the query, as llhttp reads it; one "@" at most (userinfo@host).
-    end = len(authority)
-    for stop in (b"/", b"?"):
-        i = authority.find(stop)
-        if 0 <= i < end:
-            end = i
-    host = authority[:end]
-    return _NOT_IN_AUTHORITY.search(host) is None and host.count(b"@") <= 1
+def _valid_authority(target: bytes) -> bool:
+    host = target.partition(b"/")[0].partition(b"?")[0]  # up to the path or query, as llhttp reads it
+    return _NOT_IN_AUTHORITY.search(host) is None and host.count(b"@") <= 1  # userinfo@host
 
 
 def _valid_target(method: bytes, target: bytes) -> bool:

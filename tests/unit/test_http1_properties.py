@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from test_http1_parsers import run_response  # the response table's runner
 
 from meshns.dataplane.http1.detect import DETECT_LIMIT, Http1, NeedMore, Opaque, detect
 from meshns.dataplane.http1.head import ParseError, RequestHead
@@ -231,33 +232,6 @@ def test_authorities_judged_as_llhttp_judges_them(start: bytes, authority: bytes
     assert a == b, (authority, a, b)
 
 
-class RespRec:
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-
-    def on_response_head(self, h: Any) -> None:
-        self.events.append(("head", h.status, h.chunked))
-
-    def on_response_body(self, data: bytes) -> None:
-        self.events.append(("body", data))
-
-    def on_response_complete(self) -> None:
-        self.events.append("end")
-
-
-def feed_response(kit: int, data: bytes, step: int) -> tuple[str, Any]:
-    """A response to a GET, ``step`` bytes a read: ("ok", body and completion) or ("reject", None)."""
-    rec = RespRec()
-    parser = KITS[kit].response(rec, False, False)
-    try:
-        for i in range(0, len(data), step):
-            assert parser.feed(data[i:i + step]) is None
-    except ParseError:
-        return "reject", None
-    body = b"".join(e[1] for e in rec.events if isinstance(e, tuple) and e[0] == "body")
-    return "ok", (body, rec.events.count("end"))
-
-
 CHUNKED_RESPONSE = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
@@ -269,7 +243,7 @@ def test_response_chunk_lines_judged_as_llhttp_judges_them(line: bytes, step: in
     assume(line[:1] in (b"0", b"5", b"f", b"F"))
     size = int(line[:1], 16)
     data = CHUNKED_RESPONSE + line + b"\r\n" + b"x" * size + (b"\r\n0\r\n\r\n" if size else b"\r\n")
-    a, b = (feed_response(kit, data, step) for kit in range(2))
+    a, b = (run_response(kit, data, step, False, False) for kit in range(2))
     assert a == b, (line, a, b)
 
 
@@ -287,7 +261,7 @@ def test_response_trailers_judged_as_llhttp_judges_them(fields: list[tuple[bytes
     # but takes any other Transfer-Encoding value (h11 alone refuses all but "chunked").
     trailers = b"".join(n + b":" + v + b"\r\n" for n, v in fields)
     data = CHUNKED_RESPONSE + b"2\r\nhi\r\n0\r\n" + trailers + b"\r\n"
-    a, b = (feed_response(kit, data, step) for kit in range(2))
+    a, b = (run_response(kit, data, step, False, False) for kit in range(2))
     assert a == b, (fields, a, b)
 
 
