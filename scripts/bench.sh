@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Benchmark: direct vs meshns vs HAProxy on this machine, in namespaces of its own.
+# Benchmark: direct vs meshns vs HAProxy on this machine, in namespaces of its own, and for the
+# request rows the Python floor (scripts/bench/floor_proxy.py: TLS and llhttp, no mesh features).
 #   sudo scripts/bench.sh [--quick] [--out DIR] [--only scale] [--cleanup-only]
 # --quick: one short round and a small scale section (CI smoke). Default output: bench-results/
 # (bench.json, bench.png, bench.txt). Last comes the scale section: 100 pods created one after

@@ -1,5 +1,9 @@
 """meshns benchmark: direct vs meshns vs HAProxy, measured in one run, interleaved.
 
+Beside them, for the request rows, the Python floor (bench/floor_proxy.py): a proxy pair doing
+only what any Python sidecar must (uvloop, mTLS, llhttp), to split meshns's cost into the part
+any Python proxy pays and the part its mesh features add.
+
 Run through scripts/bench.sh (root, packages). Builds its own namespaces and a private mesh,
 measures each case round after round (direct, meshns, HAProxy, direct, ... so drift hits all
 three alike), reports medians, and removes everything it made on any exit, Ctrl-C included.
@@ -40,6 +44,8 @@ LOCK = Path("/run/meshns-bench.lock")
 RATE = 1000.0  # Istio's published latency setup: 1000 req/s, 16 connections, 1 KB
 CONNS = 16
 HAPROXY_USER = "haproxy"  # Debian's haproxy package makes this system user: a uid of its own
+FLOOR_USER = "nobody"  # the floor proxies drop to it; their namespaces' rules exempt it
+FLOOR_PROXY = REPO / "scripts" / "bench" / "floor_proxy.py"
 # A short drain keeps delete quick; not 0, which the sidecar's config refuses (it then never
 # listens and create fails on the outbound probe, though the CLI accepts 0).
 DRAIN = ("--drain-timeout", "0.5")
@@ -156,13 +162,13 @@ class Bench:
         return conf
 
     def plain(self) -> None:
-        """Direct and HAProxy namespaces on their own bridge, nginx in each server namespace,
-        meshns's interception rules and one HAProxy in each HAProxy namespace."""
+        """Direct, HAProxy and floor namespaces on their own bridge, nginx in each server
+        namespace, meshns's interception rules and one proxy in each HAProxy and floor namespace."""
         self.net.create_bridge()
         ips = {role: self.net.add(role, host) for role, host in
-               (("dcli", 2), ("dsrv", 3), ("hcli", 4), ("hsrv", 5), ("hsrvp", 6))}
+               (("dcli", 2), ("dsrv", 3), ("hcli", 4), ("hsrv", 5), ("hsrvp", 6), ("fcli", 7), ("fsrv", 8))}
         ns = {role: topology.PLAIN_PREFIX + role for role in ips}
-        for role in ("dsrv", "hsrv", "hsrvp"):
+        for role in ("dsrv", "hsrv", "hsrvp", "fsrv"):
             self.net.start(ns[role], f"nginx-{role}", "nginx", "-c", str(self._nginx_conf(role)),
                            "-g", "daemon off;")
         uid, gid = pwd.getpwnam(HAPROXY_USER).pw_uid, grp.getgrnam(HAPROXY_USER).gr_gid
@@ -190,6 +196,7 @@ class Bench:
             cfg.write_text(text)
             topology.run(["haproxy", "-c", "-q", "-f", str(cfg)])
             haproxy[role] = self.net.start(ns[role], f"haproxy-{role}", "haproxy", "-db", "-f", str(cfg)).pid
+        floor = self._floor(ns)
         direct = PlainNet.runner(ns["dcli"])
         hcli = PlainNet.runner(ns["hcli"])
         self.routes["direct"] = Route("direct", direct, f"http://{ips['dsrv']}:80")
@@ -197,8 +204,32 @@ class Bench:
             "client haproxy": lambda: haproxy["hcli"], "server haproxy": lambda: haproxy["hsrv"]})
         self.routes["haproxy_plain"] = Route("haproxy", hcli, f"http://{ips['hsrvp']}:80", {
             "client haproxy": lambda: haproxy["hcli"], "server haproxy (no TLS)": lambda: haproxy["hsrvp"]})
-        for key in ("direct", "haproxy", "haproxy_plain"):
+        self.routes["floor"] = Route("floor", PlainNet.runner(ns["fcli"]), f"http://{ips['fsrv']}:80", {
+            "client floor": lambda: floor["fcli"], "server floor": lambda: floor["fsrv"]})
+        for key in ("direct", "haproxy", "haproxy_plain", "floor"):
             self._wait_ok(self.routes[key])
+
+    def _floor(self, ns: dict[str, str]) -> dict[str, int]:
+        """The floor pair (bench/floor_proxy.py) in its namespaces, captured by meshns's own rules
+        for its uid, with the HAProxy pair's certificates; returns the pids."""
+        user = pwd.getpwnam(FLOOR_USER)
+        rules = render.intercept_rules(proxy_uid=user.pw_uid, proxy_gid=user.pw_gid)
+        t = self.tls
+        args = {
+            "fcli": ["client", "--listen", "15001", "--cert", f"{t}/client.pem",
+                     "--server-name", "server.bench.invalid"],
+            "fsrv": ["server", "--listen", "15006", "--cert", f"{t}/server.pem", "--app-port", "80"],
+        }
+        pids: dict[str, int] = {}
+        for role, role_args in args.items():
+            got = self.net.install_rules(ns[role], rules)
+            if got != render.rule_lines(rules):
+                raise RuntimeError(f"interception rules in {ns[role]} differ from the plan:\n" + "\n".join(got))
+            pids[role] = self.net.start(ns[role], f"floor-{role}", sys.executable, str(FLOOR_PROXY), *role_args,
+                                        "--ca", f"{t}/ca.pem", "--user", FLOOR_USER).pid
+        self.notes.append(f"floor namespaces use meshns's own interception plan with uid/gid "
+                          f"{user.pw_uid}/{user.pw_gid} ({FLOOR_USER}) as the exempt proxy user")
+        return pids
 
     def meshns(self) -> None:
         """The private mesh: nginx behind service web (mTLS, the default) and behind webp in

@@ -13,10 +13,14 @@ from typing import Any
 
 from bench.parse import median, percentile
 
-SYSTEMS = ("direct", "meshns", "haproxy")
+# "floor": the least a Python sidecar pair can do per request (bench/floor_proxy.py: uvloop, mTLS,
+# llhttp parsing each head, no mesh features). Measured for the request rows only; it says which
+# part of meshns's cost any Python proxy pays and which part meshns's features add.
+SYSTEMS = ("direct", "meshns", "haproxy", "floor")
+BULK_SYSTEMS = ("direct", "meshns", "haproxy")
 # Case kinds, in the order they run within a round.
 KINDS = ("rps", "fixed", "bulk", "bulk_plain")
-KIND_SYSTEMS = {"rps": SYSTEMS, "fixed": SYSTEMS, "bulk": SYSTEMS, "bulk_plain": ("meshns", "haproxy")}
+KIND_SYSTEMS = {"rps": SYSTEMS, "fixed": SYSTEMS, "bulk": BULK_SYSTEMS, "bulk_plain": ("meshns", "haproxy")}
 
 Figures = dict[str, Any]  # one case's figures: numbers, or {proxy label: number}
 
@@ -108,9 +112,10 @@ def _diff(a: float | None, b: float | None) -> float | None:
 
 
 def ratios(med: Mapping[str, Figures]) -> dict[str, dict[str, float | None]]:
-    """Each proxied system against direct (the physical limit) and meshns against HAProxy."""
+    """Each proxied system against direct (the physical limit), meshns against HAProxy, and the
+    floor against HAProxy and meshns."""
     out: dict[str, dict[str, float | None]] = {}
-    for system in ("meshns", "haproxy"):
+    for system in ("meshns", "haproxy", "floor"):
         r: dict[str, float | None] = {
             "rps_vs_direct": _ratio(_get(med, f"rps/{system}", "rps"), _get(med, "rps/direct", "rps")),
             "bulk_tls_vs_direct": _ratio(_get(med, f"bulk/{system}", "mb_s"), _get(med, "bulk/direct", "mb_s")),
@@ -129,6 +134,10 @@ def ratios(med: Mapping[str, Figures]) -> dict[str, dict[str, float | None]]:
     for q in ("p50", "p90", "p99"):
         out["meshns"][f"{q}_vs_haproxy_ms"] = _diff(_get(med, "fixed/meshns", f"{q}_ms"),
                                                     _get(med, "fixed/haproxy", f"{q}_ms"))
+    out["floor"]["rps_vs_haproxy"] = _ratio(_get(med, "rps/floor", "rps"), _get(med, "rps/haproxy", "rps"))
+    out["meshns"]["rps_vs_floor"] = _ratio(_get(med, "rps/meshns", "rps"), _get(med, "rps/floor", "rps"))
+    out["meshns"]["cpu_vs_floor"] = _ratio(_worst(med.get("fixed/meshns", {}).get("cpu_s_per_1k")),
+                                           _worst(med.get("fixed/floor", {}).get("cpu_s_per_1k")))
     return out
 
 
@@ -272,7 +281,9 @@ def table(med: Mapping[str, Figures], rat: Mapping[str, Mapping[str, float | Non
     lines = ["".ljust(width) + "".join(s.rjust(11) for s in SYSTEMS)]
     lines += [label.ljust(width) + "".join(c.rjust(11) for c in cells) for label, cells in rows]
     lines.append("(direct has no TLS: its bulk figure is the limit for both bulk rows)")
-    m, h = rat["meshns"], rat["haproxy"]
+    lines.append("(floor: a Python proxy pair doing only mTLS and llhttp parsing, no mesh features; "
+                 "request rows only)")
+    m, h, f = rat["meshns"], rat["haproxy"], rat["floor"]
     heads = ("meshns/direct", "meshns/haproxy", "haproxy/direct")
     lines += ["", "ratios".ljust(width) + "".join(c.rjust(15) for c in heads)]
     for label, key, hkey in (("max req/s", "rps_vs_direct", "rps_vs_haproxy"),
@@ -284,6 +295,12 @@ def table(med: Mapping[str, Figures], rat: Mapping[str, Mapping[str, float | Non
     for q in ("p50", "p90", "p99"):
         lines.append(f"  {q}".ljust(width) + "".join(
             _fmt(v).rjust(15) for v in (m[f"added_{q}_ms"], m[f"{q}_vs_haproxy_ms"], h[f"added_{q}_ms"])))
+    lines += ["the Python floor (no mesh features):",
+              f"  max req/s: floor/haproxy {_fmt(f['rps_vs_haproxy'])}, floor/direct {_fmt(f['rps_vs_direct'])}, "
+              f"meshns/floor {_fmt(m['rps_vs_floor'])}",
+              f"  added latency over direct, p50 / p90 / p99 ms: {_fmt(f['added_p50_ms'])} / "
+              f"{_fmt(f['added_p90_ms'])} / {_fmt(f['added_p99_ms'])}",
+              f"  CPU per request, the busier proxy of each pair: meshns/floor {_fmt(m['cpu_vs_floor'])}"]
     lines.append("(ratios and added latency: each round's own, then their median over the rounds)")
     return "\n".join(lines)
 
@@ -378,7 +395,7 @@ def write_chart(path: Path, med: Mapping[str, Figures], rss_peak_mb: Mapping[str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    colors = {"direct": "#7f7f7f", "meshns": "#1f77b4", "haproxy": "#ff7f0e"}
+    colors = {"direct": "#7f7f7f", "meshns": "#1f77b4", "haproxy": "#ff7f0e", "floor": "#9467bd"}
     fig, axes = plt.subplots(2, 3 if scale else 2, figsize=(18 if scale else 12, 8), squeeze=False)
     ax = axes[0][0]
     values = [_get(med, f"rps/{s}", "rps") or 0 for s in SYSTEMS]
@@ -388,10 +405,10 @@ def write_chart(path: Path, med: Mapping[str, Figures], rss_peak_mb: Mapping[str
         ax.annotate(f"{v:,.0f}", (i, v), ha="center", va="bottom", fontsize=8)
 
     ax = axes[0][1]
-    width = 0.25
+    width = 0.8 / len(SYSTEMS)
     for i, s in enumerate(SYSTEMS):
         qs = [_get(med, f"fixed/{s}", f"{q}_ms") or 0 for q in ("p50", "p90", "p99")]
-        ax.bar([x + (i - 1) * width for x in range(3)], qs, width, label=s, color=colors[s])
+        ax.bar([x + (i - (len(SYSTEMS) - 1) / 2) * width for x in range(3)], qs, width, label=s, color=colors[s])
     ax.set_xticks(range(3), ["p50", "p90", "p99"])
     ax.set_ylabel("ms")
     ax.set_title("latency at 1000 req/s over 16 connections (h2load)")
@@ -399,7 +416,7 @@ def write_chart(path: Path, med: Mapping[str, Figures], rss_peak_mb: Mapping[str
 
     ax = axes[1][0]
     labels, cpu, rss, cols = [], [], [], []
-    for s in ("meshns", "haproxy"):
+    for s in SYSTEMS[1:]:
         per = med.get(f"fixed/{s}", {}).get("cpu_s_per_1k") or {}
         for label, value in per.items():
             labels.append(f"{s}\n{label}")
@@ -416,18 +433,19 @@ def write_chart(path: Path, med: Mapping[str, Figures], rss_peak_mb: Mapping[str
     ax.legend()
 
     ax = axes[1][1]
-    tls = [_get(med, f"bulk/{s}", "mb_s") or 0 for s in SYSTEMS]
-    plain = [_get(med, "bulk/direct", "mb_s") or 0] + [_get(med, f"bulk_plain/{s}", "mb_s") or 0 for s in SYSTEMS[1:]]
+    tls = [_get(med, f"bulk/{s}", "mb_s") or 0 for s in BULK_SYSTEMS]
+    plain = [_get(med, "bulk/direct", "mb_s") or 0] + [_get(med, f"bulk_plain/{s}", "mb_s") or 0
+                                                        for s in BULK_SYSTEMS[1:]]
     ax.bar([x - 0.2 for x in range(3)], tls, 0.4, label="mTLS (direct: none)", color="#2ca02c")
     ax.bar([x + 0.2 for x in range(3)], plain, 0.4, label="plain", color="#98df8a")
-    ax.set_xticks(range(3), list(SYSTEMS))
+    ax.set_xticks(range(3), list(BULK_SYSTEMS))
     ax.set_ylabel("MB/s")
     ax.set_title("bulk: 1 MiB bodies (wrk, closed loop)")
     ax.legend()
 
     if scale:
         _scale_panels(axes[0][2], axes[1][2], scale)
-    fig.suptitle("meshns benchmark: direct vs meshns vs HAProxy (medians of the rounds)")
+    fig.suptitle("meshns benchmark: direct vs meshns vs HAProxy, and the Python floor (medians of the rounds)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -161,7 +161,9 @@ def _rounds() -> list[dict[str, report.Figures]]:
     def one(scale: float) -> dict[str, report.Figures]:
         return {
             "rps/direct": {"rps": 20000 * scale}, "rps/meshns": {"rps": 4000 * scale},
-            "rps/haproxy": {"rps": 5000 * scale},
+            "rps/haproxy": {"rps": 5000 * scale}, "rps/floor": {"rps": 4000 * scale / 0.4},
+            "fixed/floor": {"p50_ms": 0.3, "p90_ms": 0.4, "p99_ms": 0.6,
+                            "cpu_s_per_1k": {"client floor": 0.05, "server floor": 0.04}},
             "fixed/direct": {"p50_ms": 0.2, "p90_ms": 0.3, "p99_ms": 0.5},
             "fixed/meshns": {"p50_ms": 0.6, "p90_ms": 0.8 * scale, "p99_ms": 2.5,
                              "cpu_s_per_1k": {"client sidecar": 0.08, "server sidecar": 0.12 * scale}},
@@ -189,6 +191,12 @@ def test_medians_ratios_and_bar() -> None:
     assert [v.met for v in verdicts] == [False, True, False, False, False, True, True, None, None]
     assert verdicts[3].measured == pytest.approx(0.12)  # the worse sidecar is checked
     assert verdicts[4].measured == 41.0
+    # The floor: against HAProxy and direct, and meshns against it (CPU: the busier of each pair).
+    assert rat["floor"]["rps_vs_haproxy"] == pytest.approx(2.0)
+    assert rat["meshns"]["rps_vs_floor"] == pytest.approx(0.4)
+    assert rat["meshns"]["cpu_vs_floor"] == pytest.approx(0.12 / 0.05)
+    assert rat["floor"]["added_p90_ms"] == pytest.approx(0.1)
+    assert rat["floor"]["bulk_tls_vs_direct"] is None  # the floor runs the request rows only
 
 
 def test_ratios_are_taken_within_each_round_then_their_median() -> None:
@@ -224,6 +232,12 @@ def test_table_mentions_every_system() -> None:
         assert system in first
     assert "34.0" in text
     assert "0.80" in text  # meshns/haproxy max req/s
+    assert "floor/haproxy 2.00" in text and "meshns/floor 0.40" in text and "meshns/floor 2.40" in text
+
+
+def test_the_floor_runs_the_request_rows_only() -> None:
+    assert "floor" in report.KIND_SYSTEMS["rps"] and "floor" in report.KIND_SYSTEMS["fixed"]
+    assert "floor" not in report.KIND_SYSTEMS["bulk"] and "floor" not in report.KIND_SYSTEMS["bulk_plain"]
 
 
 # ---- the scale section ----------------------------------------------------------------------

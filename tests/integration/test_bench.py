@@ -1,5 +1,5 @@
 """The benchmark itself, as a smoke run (scripts/bench.sh --quick): it builds its topology, measures
-the three paths and a small scale section (5 pods, 500 idle connections), writes its three
+the three paths, the Python floor (bench/floor_proxy.py) and a small scale section (5 pods, 500 idle connections), writes its three
 outputs, and leaves nothing behind. Figures are not judged here (tests never assert performance);
 only that every case produced one, every pod came up and every held connection answered."""
 
@@ -37,7 +37,7 @@ def test_quick_benchmark_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     data = json.loads((out / "bench.json").read_text())
     med = data["median"]
-    for case in ("direct", "meshns", "haproxy"):
+    for case in ("direct", "meshns", "haproxy", "floor"):
         assert med[f"rps/{case}"]["rps"] > 0 and med[f"rps/{case}"]["errors"] == 0, med[f"rps/{case}"]
         fixed = med[f"fixed/{case}"]
         assert fixed["failed"] == 0 and 0 < fixed["p50_ms"] <= fixed["p90_ms"] <= fixed["p99_ms"], fixed
