@@ -4,9 +4,9 @@ Python, uvloop, TLS 1.3 with client certificates between the pair (on meshns's o
 dataplane/tls_transport.py), llhttp (httptools) parsing every request and response head as it
 passes, with the head handed to Python callbacks as meshns gets it, and an upstream keep-alive
 pool. Nothing else: no routing, balancing, retries, policy, identity, metrics, access log or
-header rewriting; bytes are forwarded as they arrive. Measured beside
-meshns in the same run, it splits meshns's cost into what any Python proxy on this machine pays
-and what meshns's own mesh features add, and shows which targets lie below that floor.
+header rewriting; bytes are forwarded as they arrive. Measured beside meshns in the same run, it
+splits meshns's cost into what any Python proxy on this machine pays and what meshns's own mesh
+features add, and shows which targets lie below that floor.
 
 Placed as meshns's sidecars are, in namespaces with meshns's interception plan (render.
 intercept_rules) for the uid it drops to:
@@ -23,20 +23,17 @@ import argparse
 import asyncio
 import os
 import pwd
-import socket
 import ssl
-import struct
 from collections.abc import Callable
 from typing import cast
 
 import httptools
 import uvloop
 
+from meshns.dataplane.origdst import OrigDstError, SockoptResolver
 from meshns.dataplane.tls_transport import TlsStream
 
 HANDSHAKE_S = 5.0
-
-SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 
 
 class _Head:
@@ -71,10 +68,8 @@ class _Side(asyncio.Protocol):
     upstream keep-alive pool every sidecar keeps: without it each new client connection would
     pay a TLS handshake)."""
 
-    def __init__(self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, head: _Head,
-                 on_made: Callable[[_Side], None] | None = None) -> None:
+    def __init__(self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, head: _Head) -> None:
         self.parser, self.head = parser, head
-        self.on_made = on_made  # a downstream side: dial its peer once it is connected
         self.transport: asyncio.Transport | None = None
         self.peer: _Side | None = None
         self.held: list[bytes] = []  # read before the peer connected
@@ -82,8 +77,6 @@ class _Side(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        if self.on_made is not None:
-            self.on_made(self)
 
     def data_received(self, data: bytes) -> None:
         if self.pooled_in is not None:  # an idle upstream speaking unasked: not reusable
@@ -124,11 +117,16 @@ class _Down(_Side):
     """A downstream side: when it closes, its upstream goes idle into the pool if every request
     has had its whole response, else it is closed."""
 
-    def __init__(self, parser: httptools.HttpRequestParser, head: _Head, on_made: Callable[[_Side], None],
+    def __init__(self, parser: httptools.HttpRequestParser, head: _Head, on_made: Callable[[_Down], None],
                  pool: Pool) -> None:
-        super().__init__(parser, head, on_made)
+        super().__init__(parser, head)
+        self.on_made = on_made  # dials its upstream once it is connected
         self.pool = pool
         self.key: tuple[str, int] | None = None  # where its upstream goes
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.on_made(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         up, self.peer = self.peer, None
@@ -141,13 +139,6 @@ class _Down(_Side):
             idle.append(up)
         else:
             up.transport.close()
-
-
-def _original_dst(transport: asyncio.BaseTransport) -> tuple[str, int]:
-    sock = transport.get_extra_info("socket")
-    raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-    port, packed = struct.unpack_from("!2xH4s", raw)
-    return socket.inet_ntoa(packed), port
 
 
 def _context(server: bool, cert: str, ca: str) -> ssl.SSLContext:
@@ -202,11 +193,18 @@ async def _serve(args: argparse.Namespace) -> None:
 
     tasks: set[asyncio.Task[None]] = set()
 
-    def made(side: _Side) -> None:
-        down = cast(_Down, side)
+    resolver = SockoptResolver()
+
+    def made(down: _Down) -> None:
         assert down.transport is not None
-        host, port = ("127.0.0.1", args.app_port) if server_side else _original_dst(down.transport)
-        down.on_made = None
+        if server_side:
+            host, port = "127.0.0.1", args.app_port
+        else:
+            try:
+                host, port = resolver.resolve(down.transport.get_extra_info("socket")).as_tuple()
+            except OrigDstError:
+                down.close()
+                return
         down.key = (host, port)
         task = loop.create_task(dial(down, host, port))
         tasks.add(task)  # held until done: the loop keeps only a weak reference
@@ -219,7 +217,7 @@ async def _serve(args: argparse.Namespace) -> None:
     async def secure(stream: TlsStream) -> None:
         try:
             await stream.handshake(HANDSHAKE_S)
-        except (OSError, ssl.SSLError):
+        except OSError:  # ssl.SSLError and timeouts included
             return  # the stream aborted its connection
         stream.attach(accepted())
 

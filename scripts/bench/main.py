@@ -174,9 +174,7 @@ class Bench:
         uid, gid = pwd.getpwnam(HAPROXY_USER).pw_uid, grp.getgrnam(HAPROXY_USER).gr_gid
         rules = render.intercept_rules(proxy_uid=uid, proxy_gid=gid)
         for role in ("hcli", "hsrv", "hsrvp"):
-            got = self.net.install_rules(ns[role], rules)
-            if got != render.rule_lines(rules):
-                raise RuntimeError(f"interception rules in {ns[role]} differ from the plan:\n" + "\n".join(got))
+            self._capture(ns[role], rules)
         self.notes.append(f"HAProxy namespaces use meshns's own interception plan with uid/gid {uid}/{gid} "
                           f"({HAPROXY_USER}) as the exempt proxy user")
         t = self.tls
@@ -209,6 +207,13 @@ class Bench:
         for key in ("direct", "haproxy", "haproxy_plain", "floor"):
             self._wait_ok(self.routes[key])
 
+    def _capture(self, ns: str, rules: str) -> None:
+        """meshns's interception plan (render.intercept_rules) into ``ns``, checked against what
+        the kernel reports back."""
+        got = self.net.install_rules(ns, rules)
+        if got != render.rule_lines(rules):
+            raise RuntimeError(f"interception rules in {ns} differ from the plan:\n" + "\n".join(got))
+
     def _floor(self, ns: dict[str, str]) -> dict[str, int]:
         """The floor pair (bench/floor_proxy.py) in its namespaces, captured by meshns's own rules
         for its uid, with the HAProxy pair's certificates; returns the pids."""
@@ -222,9 +227,7 @@ class Bench:
         }
         pids: dict[str, int] = {}
         for role, role_args in args.items():
-            got = self.net.install_rules(ns[role], rules)
-            if got != render.rule_lines(rules):
-                raise RuntimeError(f"interception rules in {ns[role]} differ from the plan:\n" + "\n".join(got))
+            self._capture(ns[role], rules)
             pids[role] = self.net.start(ns[role], f"floor-{role}", sys.executable, str(FLOOR_PROXY), *role_args,
                                         "--ca", f"{t}/ca.pem", "--user", FLOOR_USER).pid
         self.notes.append(f"floor namespaces use meshns's own interception plan with uid/gid "
