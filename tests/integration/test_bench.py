@@ -1,7 +1,8 @@
 """The benchmark itself, as a smoke run (scripts/bench.sh --quick): it builds its topology, measures
-the three paths, the Python floor (bench/floor_proxy.py) and a small scale section (5 pods, 500 idle connections), writes its three
-outputs, and leaves nothing behind. Figures are not judged here (tests never assert performance);
-only that every case produced one, every pod came up and every held connection answered."""
+the three paths, the Python floor (bench/floor_proxy.py) and a small scale section (5 pods, 500
+idle connections), writes its three outputs, and leaves nothing behind. Figures are not judged
+here (tests never assert performance); only that every case produced one, every pod came up and
+every held connection answered."""
 
 from __future__ import annotations
 
